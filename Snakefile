@@ -1,0 +1,25 @@
+# Replication of "Visual Representations inside the Language Model" (Liu et al., COLM 2025).
+#
+#   snakemake --cores all                                # smoke run: tiny random models, synthetic data
+#   snakemake --cores all --configfile config/paper.yaml # paper run: real checkpoints and datasets, CUDA
+#
+# Rules are thin: each one calls `python -m imagekv <command>`; all logic lives in src/imagekv.
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/probes.smk"
+include: "workflow/rules/figures.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

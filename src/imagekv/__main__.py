@@ -1,0 +1,3 @@
+from imagekv.cli import main
+
+main()

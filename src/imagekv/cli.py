@@ -1,0 +1,104 @@
+"""`python -m imagekv <command>`: the one entry point every Snakemake rule calls.
+
+Each command takes the job's spec as canonical JSON (written by imagekv.plan) plus its input and
+output paths, and hands over to the module that does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+from pathlib import Path
+
+
+FIGURES = {"layerwise_probes": "imagekv.figures.layerwise"}
+TABLES = {"best_layers": "imagekv.tables.best_layers"}
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def synthesize(args: argparse.Namespace) -> None:
+    from imagekv.datasets.synthetic import write_synthetic
+
+    spec = json.loads(args.spec)
+    write_synthetic(spec["dataset"], Path(args.output), spec["cfg"], spec["seed"])
+
+
+def extract(args: argparse.Namespace) -> None:
+    from imagekv.extract import extract as run_extraction
+
+    _limit_threads(args.threads)
+    run_extraction(json.loads(args.spec), Path(args.output))
+
+
+def probe(args: argparse.Namespace) -> None:
+    from imagekv.datasets import load_dataset
+    from imagekv.features import FeatureStore
+    from imagekv.probes import run_probe
+    from imagekv.results import tidy_rows, write_results
+
+    _limit_threads(args.threads)
+    spec = json.loads(args.spec)
+    dataset = load_dataset(spec["dataset"], Path(spec["dataset_root"]), spec["dataset_cfg"])
+    store = FeatureStore(Path(args.features))
+    features = store.view(spec["stored"])
+    rows = run_probe(spec["task"], dataset.samples(), features, spec["params"])
+    write_results(tidy_rows(spec, rows, grid=store.grid_label()), args.output)
+
+
+def collect(args: argparse.Namespace) -> None:
+    from imagekv.results import collect as collect_results
+
+    collect_results(args.inputs, args.output)
+
+
+def figure(args: argparse.Namespace) -> None:
+    importlib.import_module(FIGURES[args.name]).plot(args.input, args.output, args.run, args.scale)
+
+
+def table(args: argparse.Namespace) -> None:
+    importlib.import_module(TABLES[args.name]).write(args.input, args.output, args.run, args.scale)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagekv", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, handler, *, spec=True, threads=False):
+        sub = commands.add_parser(name)
+        sub.set_defaults(handler=handler)
+        if spec:
+            sub.add_argument("--spec", required=True, help="the job spec as JSON")
+        if threads:
+            sub.add_argument("--threads", type=int, default=1)
+        return sub
+
+    command("synthesize", synthesize).add_argument("--output", required=True)
+    sub = command("extract", extract, threads=True)
+    sub.add_argument("--output", required=True, help="manifest.json, written last")
+    sub = command("probe", probe, threads=True)
+    sub.add_argument("--features", required=True)
+    sub.add_argument("--output", required=True)
+    sub = command("collect", collect, spec=False)
+    sub.add_argument("--output", required=True)
+    sub.add_argument("inputs", nargs="+")
+    for name, handler, choices in (("figure", figure, FIGURES), ("table", table, TABLES)):
+        sub = command(name, handler, spec=False)
+        sub.add_argument("name", choices=sorted(choices))
+        sub.add_argument("--input", required=True, help="tidy result table")
+        sub.add_argument("--run", required=True)
+        sub.add_argument("--scale", required=True, choices=["smoke", "paper"])
+        sub.add_argument("--output", required=True, nargs="+" if name == "figure" else None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    args.handler(args)

@@ -1,0 +1,53 @@
+"""Name -> backbone class. Each backbone module registers itself with `@register("name")`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from imagekv.models.base import Backbone
+
+_REGISTRY: dict[str, type[Backbone]] = {}
+
+# Modules that hold registered backbones, imported on first lookup.
+BACKBONE_MODULES = (
+    "imagekv.models.llava_onevision",
+    "imagekv.models.qwen2_5_vl",
+    "imagekv.models.llava_next",
+    "imagekv.models.siglip",
+    "imagekv.models.calibration",
+)
+
+
+def register(name: str) -> Callable[[type[Backbone]], type[Backbone]]:
+    def decorate(cls: type[Backbone]) -> type[Backbone]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def backbone_names() -> list[str]:
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def build_backbone(
+    name: str, cfg: dict[str, Any], *, device: str, dtype: torch.dtype, dataset: Any = None
+) -> Backbone:
+    """Instantiate backbone `name` from its config section (see config/config.yaml `models:`)."""
+    _import_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name].from_config(cfg, device=device, dtype=dtype, dataset=dataset)
+
+
+def _import_all() -> None:
+    for module in BACKBONE_MODULES:
+        importlib.import_module(module)

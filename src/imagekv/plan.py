@@ -1,0 +1,111 @@
+"""What the workflow computes for a config: the backbones, tasks, file paths and the spec of each job.
+
+The Snakemake rules ask this module for their targets and params, so the logic of "which jobs exist"
+is plain Python, tested like the rest, and the rule files stay declarative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Representations an MLM's feature store holds; references and calibration backbones store only values.
+MLM_REPRESENTATIONS = ("values", "keys", "projection")
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    name: str
+    kind: str  # "mlm" | "reference" | "calibration"
+    cfg: dict
+    representations: tuple[str, ...]  # labels in result tables
+
+    def stored(self, representation: str) -> str:
+        """Name of the stored tensor a result label reads ("siglip" -> "values")."""
+        return representation if self.kind == "mlm" else "values"
+
+
+def backbones(config: dict) -> dict[str, BackboneEntry]:
+    entries = {}
+    for name, cfg in config["models"].items():
+        entries[name] = BackboneEntry(name, "mlm", cfg, tuple(config["probing"]["representations"]))
+    for kind, section in (("reference", "references"), ("calibration", "calibration")):
+        for name, cfg in config.get(section, {}).items():
+            entries[name] = BackboneEntry(name, kind, cfg, (name,))
+    return entries
+
+
+def tasks(config: dict) -> dict[str, dict]:
+    """Probe task -> its config section (which names its dataset)."""
+    return config["probes"]
+
+
+def dataset_root(config: dict, dataset: str) -> str:
+    source = config["datasets"][dataset]["source"]
+    return f"data/{'synthetic' if source == 'synthetic' else 'real'}/{dataset}"
+
+
+def features_path(run: str, backbone: str, dataset: str, prefix: str) -> str:
+    return f"results/{run}/{backbone}/{dataset}/features/{prefix}/manifest.json"
+
+
+def probe_path(run: str, backbone: str, dataset: str, prefix: str, representation: str) -> str:
+    return f"results/{run}/{backbone}/{dataset}/probe/{prefix}/{representation}.csv"
+
+
+def dataset_spec(config: dict, dataset: str) -> dict:
+    section = dict(config["datasets"][dataset])
+    return {"dataset": dataset, "source": section.pop("source"), "cfg": section, "seed": config["seed"]}
+
+
+def extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> dict:
+    entry = backbones(config)[backbone]
+    return {
+        "run": config["run"],
+        "model": backbone,
+        "model_cfg": entry.cfg,
+        "dataset": dataset,
+        "dataset_root": dataset_root(config, dataset),
+        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "prefix_name": prefix,
+        "prefix": config["prefixes"][prefix],
+        "store": list(MLM_REPRESENTATIONS if entry.kind == "mlm" else ("values",)),
+        "device": config["device"],
+        "dtype": config["dtype"],
+        **config["extraction"],
+    }
+
+
+def probe_spec(config: dict, backbone: str, dataset: str, prefix: str, representation: str) -> dict:
+    entry = backbones(config)[backbone]
+    task = task_of_dataset(config, dataset)
+    return {
+        "run": config["run"],
+        "model": backbone,
+        "representation": representation,
+        "stored": entry.stored(representation),
+        "task": task,
+        "dataset": dataset,
+        "dataset_root": dataset_root(config, dataset),
+        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "prefix": prefix,
+        "params": {k: v for k, v in config["probes"][task].items() if k != "dataset"},
+        "device": config["device"],
+        "seed": config["seed"],
+    }
+
+
+def task_of_dataset(config: dict, dataset: str) -> str:
+    matches = [task for task, section in tasks(config).items() if section["dataset"] == dataset]
+    if len(matches) != 1:
+        raise KeyError(f"dataset {dataset!r} is probed by {len(matches)} tasks in probes:, expected one")
+    return matches[0]
+
+
+def probe_targets(config: dict, prefix: str = "none") -> list[str]:
+    run = config["run"]
+    return sorted(
+        probe_path(run, entry.name, section["dataset"], prefix, representation)
+        for entry in backbones(config).values()
+        for section in tasks(config).values()
+        for representation in entry.representations
+    )

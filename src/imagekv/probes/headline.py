@@ -1,0 +1,19 @@
+"""The task keys, their display order and titles, and each task's headline metric."""
+
+TASK_ORDER = ("fewshot_seg", "coseg", "semantic_seg", "referring_seg", "semantic_corr", "temporal_corr")
+TASK_TITLES = {
+    "fewshot_seg": "Few-shot seg. (Pascal-5i)",
+    "coseg": "Co-seg. (MSRC)",
+    "semantic_seg": "Semantic seg. (ImageNet-S)",
+    "referring_seg": "Referring seg. (RefCOCO)",
+    "semantic_corr": "Semantic corr. (SPair-71k)",
+    "temporal_corr": "Temporal corr. (DAVIS)",
+}
+HEADLINE_METRICS = {
+    "fewshot_seg": "miou",
+    "coseg": "jaccard",
+    "semantic_seg": "miou",
+    "referring_seg": "miou",
+    "semantic_corr": "pck@0.1",
+    "temporal_corr": "j&f",
+}

@@ -1,0 +1,48 @@
+"""Tidy result tables: one row per (run, model, representation, task, layer, metric).
+
+Every row carries the hash of the spec that produced it and the probe hyperparameters used, so a
+number in a figure can be traced to the exact settings behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from imagekv.config import canonical_json, spec_hash
+from imagekv.io import atomic_path
+
+COLUMNS = [
+    "run", "model", "representation", "task", "dataset", "prefix",
+    "layer", "metric", "value", "n", "grid", "config_hash", "params",
+]
+SORT_KEYS = ["run", "model", "representation", "task", "dataset", "prefix", "layer", "metric"]
+
+
+def tidy_rows(spec: dict, rows: Iterable[dict], grid: str) -> pd.DataFrame:
+    """Attach the identifying columns of `spec` and the token grid ("27x27") to a probe's
+    {layer, metric, value, n} rows."""
+    frame = pd.DataFrame(list(rows), columns=["layer", "metric", "value", "n"])
+    frame["grid"] = grid
+    for key in ("run", "model", "representation", "task", "dataset", "prefix"):
+        frame[key] = spec[key]
+    frame["config_hash"] = spec_hash(spec)
+    frame["params"] = canonical_json(spec["params"])
+    return frame[COLUMNS]
+
+
+def write_results(frame: pd.DataFrame, output: str | Path) -> None:
+    """Sorted rows and fixed float formatting: equal results give byte-identical files."""
+    frame = frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
+    with atomic_path(output) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def collect(inputs: Iterable[str | Path], output: str | Path) -> None:
+    write_results(pd.concat([read_results(p) for p in inputs], ignore_index=True), output)

@@ -1,0 +1,65 @@
+import shlex
+import sys
+from pathlib import Path
+
+# All logic lives in the imagekv package (src/): importable here, and in every rule's shell
+# whichever environment runs it (the project venv, or a per-rule conda env with --use-conda).
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+# (Braces are doubled because Snakemake formats the prefix like a shell command.)
+shell.prefix(
+    "export PYTHONPATH=" + shlex.quote(SRC) + "${{PYTHONPATH:+:$PYTHONPATH}}; "
+)
+
+from imagekv import plan
+from imagekv.config import canonical_json, validate_config
+
+validate_config(config)
+
+RUN = config["run"]
+BACKBONES = plan.backbones(config)
+TASKS = plan.tasks(config)
+PREFIXES = sorted(config["prefixes"])
+NAME = r"[a-z0-9_]+"
+
+
+wildcard_constraints:
+    run=RUN,
+    backbone="|".join(BACKBONES),
+    dataset="|".join(config["datasets"]),
+    prefix="|".join(PREFIXES),
+    representation=NAME,
+    figure=NAME,
+    table=NAME,
+
+
+def as_json(spec):
+    """A job's spec as one canonical JSON string: Snakemake reruns the job when it changes."""
+    return canonical_json(spec)
+
+
+def dataset_input(wildcards):
+    return plan.dataset_root(config, wildcards.dataset)
+
+
+FIGURES = ["layerwise_probes"]
+TABLES = ["best_layers"]
+
+
+def figure_targets():
+    return expand(
+        "figures/{run}/{figure}.{ext}", run=RUN, figure=FIGURES, ext=["pdf", "png"]
+    )
+
+
+def table_targets():
+    return expand(
+        "paper_tables/{run}/{table}.{ext}",
+        run=RUN,
+        table=TABLES,
+        ext=["csv", "md", "tex"],
+    )
+
+
+def final_targets():
+    return figure_targets() + table_targets()

@@ -1,0 +1,23 @@
+# KV extraction: one forward pass per image; image keys/values of the selected LM layers and the
+# projector output, stored as fp16 safetensors shards. Resumes after a crash.
+
+
+rule extract_features:
+    input:
+        dataset_input,
+    output:
+        plan.features_path("{run}", "{backbone}", "{dataset}", "{prefix}"),
+    log:
+        "logs/{run}/extract/{backbone}/{dataset}/{prefix}.log",
+    conda:
+        "../../envs/models.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        spec=lambda wc: as_json(
+            plan.extraction_spec(config, wc.backbone, wc.dataset, wc.prefix)
+        ),
+    shell:
+        "python -m imagekv extract --spec {params.spec:q} --output {output:q}"
+        " --threads {threads} > {log:q} 2>&1"
