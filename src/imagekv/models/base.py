@@ -48,6 +48,17 @@ class Backbone(ABC):
     ) -> list[BackboneOutput]:
         """Features of each image, each in its own forward pass context (one image per sequence)."""
 
+    def encode_with_ids(
+        self,
+        images: Sequence[Image.Image],
+        image_ids: Sequence[str],
+        prefix: str = "",
+        layers: Sequence[int] | None = None,
+    ) -> list[BackboneOutput]:
+        """What the extraction runner calls. Models see only pixels; the calibration backbones,
+        whose features come from the dataset's ground truth, override this to use the image ids."""
+        return self.encode(images, prefix, layers)
+
     def encode_text(
         self, texts: Sequence[str], prefix: str = "", layers: Sequence[int] | None = None
     ) -> torch.Tensor:

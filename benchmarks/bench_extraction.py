@@ -1,0 +1,135 @@
+"""Extraction overhead on the tiny twins, side by side. Prints figures; asserts nothing.
+
+For each backbone:
+- time: extraction wall time (decode, preprocess, forward, slice, fp16 store) over the time of bare
+  `model(**inputs, use_cache=True)` forwards replaying the very inputs the adapter built (target <= 1.05x;
+  on tiny twins the forward is milliseconds, so preprocessing weighs far more than at full size);
+- bytes: size of the shard files over the fp16 minimum of the tensors they hold (target <= 1.02x);
+- memory: peak RSS of a whole extraction run in a fresh process at 10 and at 200 images (target flat,
+  <= 1.1x).
+
+    PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/bench_extraction.py [--images 20] [--models ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from imagekv.datasets import load_dataset
+from imagekv.datasets.synthetic import synthesize
+from imagekv.extract import SHARD_DIR, Extraction
+
+TINY_TWINS = {
+    "llava_onevision": {"source": "tiny"},
+    "qwen2_5_vl": {"source": "tiny"},
+    "llava_next": {"source": "tiny"},
+    "siglip": {"source": "tiny"},
+}
+RSS_SIZES = (10, 200)
+
+
+def spec_for(model: str, root: Path, images: int) -> dict:
+    return {
+        "run": "bench", "model": model, "model_cfg": TINY_TWINS[model], "dataset": "coco_pool",
+        "dataset_root": str(root), "dataset_cfg": {"num_images": images}, "prefix": "", "prefix_name": "none",
+        "layers": "all", "store": ["values", "keys", "projection"] if model != "siglip" else ["values"],
+        "batch_size": 4, "device": "cpu", "dtype": "float32", "store_dtype": "float16", "images_per_shard": 16,
+    }
+
+
+def record_model_inputs(model: torch.nn.Module) -> tuple[list[dict], object]:
+    """Collect the tensor inputs of every forward call of `model`; returns (calls, hook handle)."""
+    calls: list[dict] = []
+    signature = inspect.signature(model.forward)
+
+    def hook(module, args, kwargs):
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        calls.append({name: value for name, value in bound.items() if torch.is_tensor(value)})
+
+    return calls, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@torch.no_grad()
+def bare_forward_seconds(model: torch.nn.Module, calls: list[dict]) -> float:
+    extra = {"use_cache": True} if "input_ids" in calls[0] else {}
+    start = time.perf_counter()
+    for inputs in calls:
+        model(**inputs, **extra)
+    return time.perf_counter() - start
+
+
+def time_and_bytes(model: str, root: Path, images: int, work: Path) -> tuple[float, float, float]:
+    """(extraction seconds, bare forward seconds, shard bytes over fp16 minimum)."""
+    spec = spec_for(model, root, images)
+    dataset = load_dataset("coco_pool", root, spec["dataset_cfg"])
+    job = Extraction(spec, dataset, work / model / "manifest.json")
+    calls, handle = record_model_inputs(job.backbone.model)
+    start = time.perf_counter()
+    job.run()
+    extraction = time.perf_counter() - start
+    handle.remove()
+    bare_forward_seconds(job.backbone.model, calls[:1])  # warm-up, as the extraction's first call was
+    return extraction, bare_forward_seconds(job.backbone.model, calls), bytes_ratio(work / model / SHARD_DIR)
+
+
+def bytes_ratio(shard_dir: Path) -> float:
+    stored = minimum = 0
+    for path in sorted(shard_dir.glob("*.safetensors")):
+        stored += path.stat().st_size
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                minimum += 2 * torch.Size(handle.get_slice(name).get_shape()).numel()
+    return stored / minimum
+
+
+def peak_rss_mb(model: str, root: Path, images: int, work: Path) -> float:
+    """Peak RSS of an extraction run in a fresh process."""
+    command = [sys.executable, __file__, "--rss-child", model, str(root), str(images), str(work / f"{model}-{images}")]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=os.environ)
+    return float(result.stdout.split()[-1])
+
+
+def rss_child(model: str, root: str, images: int, out: str) -> None:
+    spec = spec_for(model, Path(root), images)
+    Extraction(spec, load_dataset("coco_pool", Path(root), spec["dataset_cfg"]), Path(out) / "manifest.json").run()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=20, help="images for the time and bytes figures")
+    parser.add_argument("--models", nargs="+", default=list(TINY_TWINS), choices=list(TINY_TWINS))
+    parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        model, root, images, out = args.rss_child
+        rss_child(model, root, int(images), out)
+        return
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        root = work / "coco_pool"
+        synthesize("coco_pool", root, {"images": max(RSS_SIZES + (args.images,))}, seed=0)
+        print(f"{'backbone':<16} {'extract s':>10} {'forward s':>10} {'time x':>7} {'bytes x':>8} "
+              f"{'RSS@10 MB':>10} {'RSS@200 MB':>11} {'RSS x':>6}")
+        for model in args.models:
+            extraction, forward, stored = time_and_bytes(model, root, args.images, work / "time")
+            small, large = (peak_rss_mb(model, root, n, work / "rss") for n in RSS_SIZES)
+            print(f"{model:<16} {extraction:>10.3f} {forward:>10.3f} {extraction / forward:>7.2f} {stored:>8.4f} "
+                  f"{small:>10.0f} {large:>11.0f} {large / small:>6.3f}", flush=True)
+    print("targets: time x <= 1.05, bytes x <= 1.02, RSS x <= 1.1")
+
+
+if __name__ == "__main__":
+    main()

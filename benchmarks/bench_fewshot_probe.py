@@ -1,0 +1,127 @@
+"""T1 probe speed: the batched all-layer logistic solver against scikit-learn fitted per layer.
+
+A Pascal-5i-sized setting (28 layers, 5 support images x 27 x 27 = 729 tokens, 512-d L2-normalised
+features) on synthetic features with realistic structure: a dominant common direction, per-image
+offsets, and a foreground direction whose strength varies over depth. Both paths see exactly the
+same support tokens and query, upsample and threshold the same way; only the classifier differs.
+Prints the wall-time ratio (target >= 10x) and the largest per-layer mIoU difference (target
+<= 0.01). Never asserts.
+
+    PYTHONPATH=src python benchmarks/bench_fewshot_probe.py [--episodes 4] [--layers 28]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from imagekv.datasets.schema import SegEpisode
+from imagekv.grid import TokenGrid
+from imagekv.probes import resolve_params
+from imagekv.probes.features import probe_device, to_pixels, token_features
+from imagekv.probes.fewshot_seg import query_probabilities, support_tokens
+from imagekv.probes.metrics import class_miou, intersection_union
+
+ROWS = COLS = 27
+SIZE = 378  # 14 px cells
+
+
+class SyntheticFeatures:
+    """In-memory FeatureSource: [layers, 27, 27, dim] features per image from its mask."""
+
+    def __init__(self, masks: dict[str, np.ndarray], num_layers: int, dim: int, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        self.layers = tuple(range(num_layers))
+        self._grid = TokenGrid(ROWS, COLS, SIZE, SIZE)
+        common = torch.randn(num_layers, 1, dim, generator=generator) * 0.08
+        foreground = torch.randn(num_layers, 1, dim, generator=generator) * 0.03
+        strength = torch.sin(torch.linspace(0.2, 3.0, num_layers))[:, None, None]  # peaks mid-depth
+        self.by_id = {}
+        for image_id, mask in masks.items():
+            coverage = torch.from_numpy(self._grid.coverage(mask == 1)).float().reshape(1, -1, 1)
+            offset = torch.randn(num_layers, 1, dim, generator=generator) * 0.03
+            noise = torch.randn(num_layers, ROWS * COLS, dim, generator=generator) * 0.05
+            values = common + offset + strength * coverage * foreground + noise
+            self.by_id[image_id] = values.reshape(num_layers, ROWS, COLS, dim)
+
+    def grid(self, image_id: str) -> TokenGrid:
+        return self._grid
+
+    def features(self, image_id: str) -> torch.Tensor:
+        return self.by_id[image_id]
+
+
+def blob_mask(rng: np.random.Generator) -> np.ndarray:
+    """An elliptical object covering roughly 10-40 % of the image."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    cy, cx = rng.uniform(0.3, 0.7, size=2) * SIZE
+    ry, rx = rng.uniform(0.15, 0.35, size=2) * SIZE
+    return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.uint8)
+
+
+def make_episodes(num: int, num_layers: int, dim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    masks, episodes = {}, []
+    for e in range(num):
+        names = [f"e{e}_{i}" for i in range(6)]
+        for name in names:
+            masks[name] = blob_mask(rng)
+        episodes.append(SegEpisode(f"ep{e}", 0, f"class{e % 5}", names[0], masks[names[0]],
+                                   tuple(names[1:]), tuple(masks[n] for n in names[1:])))
+    return episodes, SyntheticFeatures(masks, num_layers, dim, seed)
+
+
+def sklearn_probabilities(episode: SegEpisode, source, params: dict) -> torch.Tensor:
+    """[L, tokens] query probabilities from one sklearn LogisticRegression per layer."""
+    features, labels = support_tokens(episode, source, params)
+    query = token_features(source, episode.query)
+    out = []
+    for layer in range(features.shape[0]):
+        model = LogisticRegression(C=params["C"], class_weight="balanced", max_iter=2000)
+        model.fit(features[layer].numpy(), labels.numpy())
+        out.append(torch.from_numpy(model.predict_proba(query[layer].numpy())[:, 1]))
+    return torch.stack(out).float()
+
+
+def timed_counts(probability_fn, episodes, source, params):
+    """Seconds spent in probability_fn, and [E, 2, L] foreground intersections and unions."""
+    seconds, counts = 0.0, []
+    for episode in episodes:
+        start = time.perf_counter()
+        probabilities = probability_fn(episode, source, params)
+        seconds += time.perf_counter() - start
+        pred = to_pixels(probabilities, source.grid(episode.query)) >= params["threshold"]
+        counts.append(np.stack(intersection_union(pred, episode.query_mask)))
+    return seconds, np.stack(counts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=28)
+    parser.add_argument("--dim", type=int, default=512)
+    args = parser.parse_args()
+    episodes, source = make_episodes(args.episodes, args.layers, args.dim)
+    params = resolve_params("fewshot_seg", {})
+    query_probabilities(episodes[0], source, params)  # warm-up: first-call allocations
+    ours_s, ours = timed_counts(query_probabilities, episodes, source, params)
+    sk_s, reference = timed_counts(sklearn_probabilities, episodes, source, params)
+    classes = [e.class_name for e in episodes]
+    ours_miou = class_miou(classes, ours[:, 0], ours[:, 1])
+    sk_miou = class_miou(classes, reference[:, 0], reference[:, 1])
+    print(f"setting: {args.episodes} episodes, {args.layers} layers, 5 x {ROWS * COLS} support tokens, "
+          f"{args.dim}-d, {torch.get_num_threads()} threads, device {probe_device()}")
+    print(f"classifier fit+predict, all layers: batched {ours_s / len(episodes):.3f} s/episode, "
+          f"sklearn per layer {sk_s / len(episodes):.3f} s/episode")
+    print(f"speed-up (sklearn / batched): {sk_s / ours_s:.1f}x (target >= 10x)")
+    print(f"mIoU per layer: batched {np.round(ours_miou, 3).tolist()}")
+    print(f"mIoU per layer: sklearn {np.round(sk_miou, 3).tolist()}")
+    print(f"max |mIoU difference| over layers: {np.abs(ours_miou - sk_miou).max():.5f} (target <= 0.01)")
+
+
+if __name__ == "__main__":
+    main()

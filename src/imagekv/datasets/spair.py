@@ -1,0 +1,111 @@
+"""SPair-71k semantic correspondence pairs (T5).
+
+Layout under `root`: `JPEGImages/<category>/<name>.jpg`, `Layout/large/<split>.txt` (pair names
+"<id>-<source>-<target>:<category>"), `PairAnnotation/<split>/<pair name>.json` (src_imname,
+trg_imname, src_kps / trg_kps as [[x, y], ...], kps_ids, src_bndbox / trg_bndbox, category,
+viewpoint_variation) and `ImageAnnotation/<category>/<name>.json` (kps {"id": [x, y] or null},
+bndbox), which only the oracle reads. A seeded fixed subset of `pairs_per_category` per category.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from imagekv.datasets.files import DatasetFileError, image_size, read_json, read_lines, require, seeded_subset
+from imagekv.datasets.schema import ImageRef, KeypointPair, OracleTruth
+
+
+def keypoint_regions(
+    size: tuple[int, int], points: dict[int, tuple[float, float]], box: list[float], first_id: int
+) -> np.ndarray:
+    """Label map: each pixel of `box` takes `first_id + k` of its nearest keypoint k; 0 outside.
+
+    The regions tile the object, so a keypoint's own cell is dominated by its own id, which is what
+    lets nearest-neighbour search on one-hot oracle features land on the matching keypoint.
+    """
+    labels = np.zeros(size, dtype=np.int64)
+    if not points:
+        return labels
+    x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+    x1, y1 = min(int(np.ceil(box[2])) + 1, size[1]), min(int(np.ceil(box[3])) + 1, size[0])
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    ids = np.array(sorted(points))
+    coords = np.array([points[k] for k in ids], dtype=np.float64)
+    distance = (xs[..., None] - coords[:, 0]) ** 2 + (ys[..., None] - coords[:, 1]) ** 2
+    labels[y0:y1, x0:x1] = first_id + ids[np.argmin(distance, axis=-1)]
+    return labels
+
+
+class SPair:
+    name = "spair"
+    task = "semantic_corr"
+
+    def __init__(self, root: Path, cfg: dict):
+        self.root = Path(root)
+        self.split = cfg.get("split", "test")
+        self.keypoints_per_category = int(cfg.get("keypoints_per_category", 30))
+        self.categories = sorted(p.name for p in (self.root / "JPEGImages").iterdir() if p.is_dir())
+        by_category: dict[str, list[str]] = {}
+        for line in read_lines(self.root / "Layout" / "large" / f"{self.split}.txt"):
+            by_category.setdefault(line.rpartition(":")[2], []).append(line)
+        wanted = cfg.get("categories") or sorted(by_category)
+        per_category, seed = cfg.get("pairs_per_category", 100), int(cfg.get("seed", 0))
+        self.pair_names = [n for c in wanted for n in seeded_subset(by_category.get(c, []), per_category, seed)]
+
+    @cached_property
+    def _pairs(self) -> list[KeypointPair]:
+        return [self._read_pair(name) for name in self.pair_names]
+
+    def _read_pair(self, pair_name: str) -> KeypointPair:
+        path = self.root / "PairAnnotation" / self.split / f"{pair_name}.json"
+        data = read_json(path)
+        try:
+            category = data["category"]
+            source, target = (f"{category}/{Path(data[key]).stem}" for key in ("src_imname", "trg_imname"))
+            pair = KeypointPair(
+                pair_id=pair_name,
+                category=category,
+                source=source,
+                target=target,
+                source_points=np.asarray(data["src_kps"], dtype=np.float64).reshape(-1, 2),
+                target_points=np.asarray(data["trg_kps"], dtype=np.float64).reshape(-1, 2),
+                keypoint_names=tuple(str(k) for k in data["kps_ids"]),
+                target_bbox=tuple(float(v) for v in data["trg_bndbox"]),
+                viewpoint_variation=int(data.get("viewpoint_variation", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise DatasetFileError(f"{path} is not a SPair pair annotation: {error!r}") from error
+        if not len(pair.source_points) == len(pair.target_points) == len(pair.keypoint_names):
+            raise DatasetFileError(f"{path}: src_kps, trg_kps and kps_ids differ in length")
+        return pair
+
+    def images(self) -> list[ImageRef]:
+        ids = sorted({image for pair in self._pairs for image in (pair.source, pair.target)})
+        return [ImageRef(i, require(self.root / "JPEGImages" / f"{i}.jpg")) for i in ids]
+
+    def texts(self) -> list[str]:
+        return []
+
+    def samples(self) -> Iterator[KeypointPair]:
+        yield from self._pairs
+
+    def oracle_truth(self, image_id: str) -> OracleTruth:
+        """Keypoint regions from the image's own annotation; ids are unique per (category, keypoint)."""
+        category = image_id.split("/", 1)[0]
+        path = self.root / "ImageAnnotation" / f"{image_id}.json"
+        data = read_json(path)
+        points = {int(k): (float(xy[0]), float(xy[1])) for k, xy in data["kps"].items() if xy is not None}
+        if any(k >= self.keypoints_per_category for k in points):
+            raise DatasetFileError(
+                f"{path} has keypoint ids beyond keypoints_per_category={self.keypoints_per_category}"
+            )
+        first_id = 1 + self.categories.index(category) * self.keypoints_per_category
+        size = image_size(self.root / "JPEGImages" / f"{image_id}.jpg")
+        return OracleTruth(
+            labels=keypoint_regions(size, points, data["bndbox"], first_id),
+            num_ids=1 + len(self.categories) * self.keypoints_per_category,
+        )

@@ -1,0 +1,275 @@
+"""Feature extraction: every image of a dataset through one backbone, into fp16 safetensors shards.
+
+Layout beside the manifest:
+    shards/spec.json            hash of the spec and of the inputs the shards were made from
+    shards/NNNNN.safetensors    `{image_id}/{representation}` for a run of images (sorted by id),
+                                then `text/{sha1(text)}/values` for the dataset's query texts
+    manifest.json               the index, written last: its presence means the store is complete
+
+Each shard is written atomically, so after a crash every shard on disk is complete: a rerun keeps
+them and extracts only the missing ones. A changed spec or changed input files clear the shards.
+Shards and manifest are deterministic (sorted order, no timestamps): two runs give identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import safetensors
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from imagekv.config import canonical_json, spec_hash
+from imagekv.datasets import load_dataset
+from imagekv.datasets.schema import Dataset
+from imagekv.features import SHARD_DIR, image_tensor_name, text_tensor_name
+from imagekv.images import load_rgb
+from imagekv.io import atomic_path, write_json
+from imagekv.models.base import Backbone
+from imagekv.models.registry import build_backbone
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "spec.json"
+METADATA_KEY = "imagekv"  # one metadata entry: safetensors writes several in random order
+TEXTS_PER_SHARD = 1024
+REPRESENTATIONS = ("values", "keys", "projection")
+# Adds one batch's tensors to a shard's tensors and its facts to the shard's metadata.
+EncodeBatch = Callable[[list[str], dict[str, torch.Tensor], dict], None]
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str  # file name inside shards/
+    kind: str  # "images" | "texts"
+    keys: tuple[str, ...]  # image ids or texts, in storage order
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"spec key 'device' must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("spec key 'device' is cuda but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return _dtype(dtype, "dtype")
+
+
+def extract(spec: dict, manifest_path: Path) -> None:
+    """Extract the features `spec` describes and write the store whose index is `manifest_path`."""
+    manifest_path = Path(manifest_path)
+    manifest_path.unlink(missing_ok=True)  # a store without its manifest reads as incomplete
+    dataset = load_dataset(spec["dataset"], Path(spec["dataset_root"]), spec["dataset_cfg"])
+    Extraction(spec, dataset, manifest_path).run()
+
+
+class Extraction:
+    """One extraction job; the backbone is only built if some shard is missing."""
+
+    def __init__(self, spec: dict, dataset: Dataset, manifest_path: Path):
+        self.spec = spec
+        self.dataset = dataset
+        self.manifest_path = manifest_path
+        self.shard_dir = manifest_path.parent / SHARD_DIR
+        self.refs = {ref.image_id: ref for ref in dataset.images()}
+        if not self.refs:
+            raise ValueError(f"dataset {spec['dataset']!r} at {spec['dataset_root']} lists no images")
+        self.texts = sorted(set(dataset.texts()))
+        self.store = _store_representations(spec["store"])
+        self.store_dtype = _dtype(spec["store_dtype"], "store_dtype")
+        self.batch_size = _positive(spec, "batch_size")
+        self.images_per_shard = _positive(spec, "images_per_shard")
+        self.device = resolve_device(spec["device"])
+        self.dtype = resolve_dtype(spec["dtype"], self.device)
+
+    @cached_property
+    def backbone(self) -> Backbone:
+        log.info("building backbone %s on %s (%s)", self.spec["model"], self.device, self.dtype)
+        return build_backbone(
+            self.spec["model"], self.spec["model_cfg"], device=self.device, dtype=self.dtype, dataset=self.dataset
+        )
+
+    @cached_property
+    def layers(self) -> list[int] | None:
+        """The LM layers to store; None = all. Single-layer backbones (SigLIP, calibration) ignore it."""
+        requested = self.spec["layers"]
+        if requested == "all" or self.backbone.num_layers == 1:
+            return None
+        bad = [layer for layer in requested if not 0 <= layer < self.backbone.num_layers]
+        if bad:
+            raise ValueError(f"spec key 'layers' holds {bad}, outside 0..{self.backbone.num_layers - 1}")
+        return sorted(set(requested))
+
+    def plan(self) -> list[Shard]:
+        ids, per_shard = sorted(self.refs), self.images_per_shard
+        runs = [("images", tuple(ids[i : i + per_shard])) for i in range(0, len(ids), per_shard)]
+        texts, per_text_shard = self.texts, TEXTS_PER_SHARD
+        runs += [("texts", tuple(texts[i : i + per_text_shard])) for i in range(0, len(texts), per_text_shard)]
+        return [Shard(f"{index:05d}.safetensors", kind, keys) for index, (kind, keys) in enumerate(runs)]
+
+    def run(self) -> None:
+        shards = self.plan()
+        self._prepare_shard_dir({shard.name for shard in shards})
+        done = {shard.name for shard in shards if (self.shard_dir / shard.name).exists()}
+        if done:
+            log.info("resuming: %d of %d shards already complete", len(done), len(shards))
+        image_shards = [s for s in shards if s.kind == "images"]
+        text_shards = [s for s in shards if s.kind == "texts"]
+        self._write_missing(image_shards, done, self._encode_images)
+        try:
+            self._write_missing(text_shards, done, self._encode_texts)
+        except NotImplementedError:
+            log.info("backbone %s has no text tokens: no text features stored", self.spec["model"])
+            text_shards = []
+        write_json(self.manifest_path, self.manifest(image_shards, text_shards))
+
+    def _write_missing(self, shards: list[Shard], done: set[str], encode: EncodeBatch) -> None:
+        """Encode and write every shard not yet on disk, batch by batch, with a progress bar."""
+        if not shards:
+            return
+        with _progress(sum(len(s.keys) for s in shards), shards[0].kind) as bar:
+            bar.update(sum(len(s.keys) for s in shards if s.name in done))
+            for shard in shards:
+                if shard.name in done:
+                    continue
+                tensors, meta = {}, {"kind": shard.kind}
+                for start in range(0, len(shard.keys), self.batch_size):
+                    batch = list(shard.keys[start : start + self.batch_size])
+                    encode(batch, tensors, meta)
+                    bar.update(len(batch))
+                _save_shard(self.shard_dir / shard.name, tensors, meta)
+
+    def _prepare_shard_dir(self, planned: set[str]) -> None:
+        """Clear shards made for another spec or other inputs, and files no shard of the plan owns."""
+        stamp = {"spec_hash": spec_hash(self.spec), "inputs_sha1": self._inputs_fingerprint()}
+        spec_file = self.shard_dir / SPEC_FILE
+        stale = not spec_file.exists() or json.loads(spec_file.read_text(encoding="utf-8")) != stamp
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        for path in self.shard_dir.iterdir():
+            if path.name != SPEC_FILE and (stale or path.name not in planned):
+                path.unlink()
+        if stale:
+            write_json(spec_file, stamp)
+
+    def _inputs_fingerprint(self) -> str:
+        """SHA-1 over every image file's bytes and every text: rewritten inputs invalidate shards."""
+        digest = hashlib.sha1()
+        for image_id in sorted(self.refs):
+            digest.update(canonical_json([image_id, _file_sha1(self.refs[image_id].path)]).encode("utf-8"))
+        digest.update(canonical_json(self.texts).encode("utf-8"))
+        return digest.hexdigest()
+
+    def _encode_images(self, image_ids: list[str], tensors: dict, meta: dict) -> None:
+        """Add the stored representations of `image_ids` to `tensors`, their grids and layers to `meta`."""
+        images = [load_rgb(self.refs[image_id].path) for image_id in image_ids]
+        outputs = self.backbone.encode_with_ids(images, image_ids, self.spec["prefix"], self.layers)
+        for image_id, output in zip(image_ids, outputs, strict=True):
+            meta["layers"] = list(_same_layers(meta.get("layers"), output.layers, image_id))
+            grid = output.grid
+            meta.setdefault("grids", {})[image_id] = [grid.rows, grid.cols, grid.height, grid.width]
+            for representation in self.store:
+                tensor = getattr(output, representation)
+                if tensor is None:
+                    raise ValueError(f"backbone {self.spec['model']!r} gives no {representation!r} for image "
+                                     f"{image_id!r}; remove it from spec key 'store'")
+                tensors[image_tensor_name(image_id, representation)] = tensor.to(self.store_dtype).contiguous()
+
+    def _encode_texts(self, texts: list[str], tensors: dict, meta: dict) -> None:
+        values = self.backbone.encode_text(texts, self.spec["prefix"], self.layers)
+        for text, value in zip(texts, values, strict=True):
+            tensors[text_tensor_name(text)] = value.to(self.store_dtype).contiguous()
+
+    def manifest(self, image_shards: list[Shard], text_shards: list[Shard]) -> dict:
+        images, layers = {}, None
+        for shard in image_shards:
+            meta = read_shard_metadata(self.shard_dir / shard.name)
+            layers = _same_layers(layers, meta["layers"], shard.name)
+            for image_id in shard.keys:
+                images[image_id] = {"shard": shard.name, "grid": meta["grids"][image_id]}
+        texts = {text: {"shard": s.name, "tensor": text_tensor_name(text)} for s in text_shards for text in s.keys}
+        return {
+            "model": self.spec["model"],
+            "model_cfg": self.spec["model_cfg"],
+            "dataset": self.spec["dataset"],
+            "prefix_name": self.spec["prefix_name"],
+            "prefix": self.spec["prefix"],
+            "layers": list(layers),
+            "representations": list(self.store),
+            "store_dtype": self.spec["store_dtype"],
+            "device": self.device,
+            "compute_dtype": str(self.dtype).removeprefix("torch."),
+            "images": images,
+            "texts": texts,
+            "spec": self.spec,
+            "spec_hash": spec_hash(self.spec),
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "safetensors": safetensors.__version__,
+            },
+        }
+
+
+def read_shard_metadata(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads(handle.metadata()[METADATA_KEY])
+
+
+def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: canonical_json(meta)})
+
+
+def _store_representations(store: Sequence[str]) -> tuple[str, ...]:
+    unknown = sorted(set(store) - set(REPRESENTATIONS))
+    if unknown or not store:
+        raise ValueError(f"spec key 'store' must list some of {list(REPRESENTATIONS)}, got {list(store)}")
+    return tuple(r for r in REPRESENTATIONS if r in store)
+
+
+def _dtype(name: str, key: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"spec key {key!r} must be one of {sorted(DTYPES)} (or auto for dtype), got {name!r}")
+    return DTYPES[name]
+
+
+def _same_layers(seen: Sequence[int] | None, layers: Sequence[int], where: str) -> tuple[int, ...]:
+    """Every image of a store must hold the same layers."""
+    layers = tuple(layers)
+    if seen is not None and layers != tuple(seen):
+        raise ValueError(f"{where} holds layers {list(layers)}, other images hold {list(seen)}")
+    return layers
+
+
+def _positive(spec: dict, key: str) -> int:
+    value = spec[key]
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"spec key {key!r} must be a positive int, got {value!r}")
+    return value
+
+
+def _file_sha1(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha1").hexdigest()
+
+
+def _progress(total: int, unit: str) -> tqdm:
+    return tqdm(total=total, unit=unit.rstrip("s"), desc=f"extracting {unit}", file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,105 @@
+"""Read a feature store written by `imagekv.extract`: per-image dense features, per-text values.
+
+Shards are opened lazily and memory-mapped; only the tensors asked for are read, and at most
+`open_shards` shards stay open, so memory stays flat however many images a probe walks through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from imagekv.grid import TokenGrid
+from imagekv.io import read_json
+
+SHARD_DIR = "shards"  # beside the manifest
+PROJECTION_LAYER = -1  # layer label of the projector output: the LM's input, before layer 0
+
+
+def image_tensor_name(image_id: str, representation: str) -> str:
+    return f"{image_id}/{representation}"
+
+
+def text_tensor_name(text: str) -> str:
+    return f"text/{hashlib.sha1(text.encode('utf-8')).hexdigest()}/values"
+
+
+class FeatureStore:
+    def __init__(self, manifest_path: str | Path, open_shards: int = 4):
+        self.manifest_path = Path(manifest_path)
+        self.meta: dict = read_json(self.manifest_path)
+        self.layers: tuple[int, ...] = tuple(self.meta["layers"])
+        self.image_ids: tuple[str, ...] = tuple(sorted(self.meta["images"]))
+        self._shard_dir = self.manifest_path.parent / SHARD_DIR
+        self._open_shards = open_shards
+        self._handles: OrderedDict[str, object] = OrderedDict()
+
+    def grid(self, image_id: str) -> TokenGrid:
+        return TokenGrid(*self._image_entry(image_id)["grid"])
+
+    def features(self, image_id: str, representation: str) -> torch.Tensor:
+        """float32 [L, rows, cols, C]; L = len(layers) for values/keys, 1 for projection."""
+        if representation not in self.meta["representations"]:
+            raise KeyError(f"{self.manifest_path} stores {self.meta['representations']}, not {representation!r}")
+        tensor = self._read(self._image_entry(image_id)["shard"], image_tensor_name(image_id, representation))
+        return (tensor.unsqueeze(0) if representation == "projection" else tensor).float()
+
+    def text(self, text: str) -> torch.Tensor:
+        """float32 [L, C]: the value of the text's last token at each stored layer."""
+        entry = self.meta["texts"].get(text)
+        if entry is None:
+            raise KeyError(f"{self.manifest_path} holds no features of text {text!r} "
+                           f"(backbone {self.meta['model']!r} may have no text tokens)")
+        return self._read(entry["shard"], entry["tensor"]).float()
+
+    def view(self, representation: str) -> "FeatureView":
+        return FeatureView(self, representation)
+
+    def grid_label(self) -> str:
+        """"ROWSxCOLS" when every image has the same token grid, else "variable"."""
+        shapes = {tuple(entry["grid"][:2]) for entry in self.meta["images"].values()}
+        if len(shapes) != 1:
+            return "variable"
+        ((rows, cols),) = shapes
+        return f"{rows}x{cols}"
+
+    def _image_entry(self, image_id: str) -> dict:
+        entry = self.meta["images"].get(image_id)
+        if entry is None:
+            raise KeyError(f"{self.manifest_path} holds no image {image_id!r}")
+        return entry
+
+    def _read(self, shard: str, tensor: str) -> torch.Tensor:
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+        else:
+            self._handles[shard] = safe_open(str(self._shard_dir / shard), framework="pt")
+            if len(self._handles) > self._open_shards:
+                self._handles.popitem(last=False)
+        return self._handles[shard].get_tensor(tensor)
+
+
+class FeatureView:
+    """One representation of a store, what a probe reads; `layers` labels the leading feature axis."""
+
+    def __init__(self, store: FeatureStore, representation: str):
+        self.store = store
+        self.representation = representation
+        self.layers = (PROJECTION_LAYER,) if representation == "projection" else store.layers
+        self.image_ids = store.image_ids
+
+    def features(self, image_id: str) -> torch.Tensor:
+        return self.store.features(image_id, self.representation)
+
+    def grid(self, image_id: str) -> TokenGrid:
+        return self.store.grid(image_id)
+
+    def text(self, text: str) -> torch.Tensor:
+        """Text values live in the value space only; keys and projection have no text counterpart."""
+        if self.representation != "values":
+            raise KeyError(f"{self.store.manifest_path}: no text features in the {self.representation!r} space")
+        return self.store.text(text)

@@ -1,0 +1,252 @@
+"""The multiple-choice harness (SPEC 5.6): BLINK questions in each model's native multi-image prompt.
+
+The answer is the option letter with the highest next-token log-likelihood at the answer position,
+the last prompt token (the end of the assistant generation header). A letter's likelihood sums the
+probabilities of its single-token spellings ("A" and " A"), so a tokenizer that prefers either one
+is scored fairly. Greedy decoding plus a regex over the generated text is the cross-check.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from imagekv.datasets.schema import BlinkItem
+from imagekv.interventions.blocking import block_attention
+
+LETTERS = string.ascii_uppercase
+MIN_OPTIONS, MAX_OPTIONS = 2, 6
+DEFAULT_ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+DEFAULT_BOOTSTRAP_RESAMPLES = 10_000
+DEFAULT_BOOTSTRAP_SEED = 0
+DEFAULT_GREEDY_TOKENS = 8
+# Tokens that close an image block but belong to it: queries start after them (Qwen2.5-VL).
+IMAGE_BLOCK_CLOSERS = ("<|vision_end|>",)
+
+
+class AnswerPositionError(ValueError):
+    """The prompt has no place where the answer letter is predicted, or its images do not match."""
+
+
+@dataclass(frozen=True)
+class AnswerLayout:
+    """Where things are in one tokenised question. Positions index the sequence."""
+
+    answer_position: int  # the logits here predict the first answer token
+    query_start: int  # first position after the last image block (the blocked queries)
+    image_starts: tuple[int, ...]  # first token of each image
+    image_lengths: tuple[int, ...]  # number of image tokens of each image
+
+
+@dataclass(frozen=True)
+class LetterScores:
+    log_likelihoods: tuple[float, ...]  # one per option, in option order
+    choice: int  # index of the chosen option (first of the tied maxima)
+
+    @property
+    def letter(self) -> str:
+        return LETTERS[self.choice]
+
+
+def _check_option_count(num_options: int) -> None:
+    if not MIN_OPTIONS <= num_options <= MAX_OPTIONS:
+        raise ValueError(f"{num_options} options; the scorer handles {MIN_OPTIONS} to {MAX_OPTIONS}")
+
+
+def letter_token_ids(tokenizer, num_options: int) -> list[tuple[int, ...]]:
+    """For each option letter, the ids of its single-token spellings among "A" and " A"."""
+    _check_option_count(num_options)
+    spellings = []
+    for letter in LETTERS[:num_options]:
+        ids = [tokenizer.encode(text, add_special_tokens=False) for text in (letter, f" {letter}")]
+        single = tuple(dict.fromkeys(tokens[0] for tokens in ids if len(tokens) == 1))
+        if not single:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no single token for option {letter!r}")
+        spellings.append(single)
+    return spellings
+
+
+def score_letters(logits: torch.Tensor, letter_ids: Sequence[Sequence[int]]) -> LetterScores:
+    """Pick the option whose letter the next-token `logits` [vocab] make most likely."""
+    _check_option_count(len(letter_ids))
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    scores = [float(torch.logsumexp(log_probs[list(ids)], dim=0)) for ids in letter_ids]
+    best = max(scores)
+    return LetterScores(tuple(scores), scores.index(best))
+
+
+def extract_letter(text: str, num_options: int) -> str | None:
+    """The option letter a generated answer names ("B", "(B)", "B. cat", "The answer is B"), or None."""
+    _check_option_count(num_options)
+    letters = LETTERS[:num_options]
+    patterns = (
+        rf"^\s*\(?([{letters}])\)?(?![A-Za-z])",  # the answer starts with the letter
+        rf"answer\s*(?:is|:)?\s*\(?([{letters}])\)?(?![A-Za-z])",
+        rf"\(([{letters}])\)",
+    )
+    for pattern in patterns:
+        match = re.search(pattern, text, flags=re.IGNORECASE if "answer" in pattern else 0)
+        if match:
+            return match.group(1).upper()
+    return None
+
+
+def question_text(item: BlinkItem, instruction: str = DEFAULT_ANSWER_INSTRUCTION) -> str:
+    """The BLINK prompt (question plus lettered choices) followed by the answer instruction."""
+    body = item.prompt or "\n".join(
+        [item.question, *(f"({LETTERS[i]}) {choice}" for i, choice in enumerate(item.choices))]
+    )
+    return f"{body}\n{instruction}" if instruction else body
+
+
+def chat_prompt(processor, text: str, num_images: int, add_generation_prompt: bool = True) -> str:
+    """One user turn holding `num_images` images then `text`, in the processor's own chat template."""
+    content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def generation_header(processor) -> str:
+    """The text the template appends for the assistant's turn (e.g. "<|im_start|>assistant\\n")."""
+    with_header = chat_prompt(processor, "x", 0, add_generation_prompt=True)
+    without = chat_prompt(processor, "x", 0, add_generation_prompt=False)
+    if not with_header.startswith(without) or with_header == without:
+        raise AnswerPositionError(f"{type(processor).__name__}: the chat template adds no generation header")
+    return with_header[len(without) :]
+
+
+def tokens_per_image(processor, images: Sequence[Image.Image]) -> list[int]:
+    """How many image tokens the processor gives each image (adjacent images form one run)."""
+    counts = []
+    for image in images:
+        ids = processor(text=processor.image_token, images=[image], return_tensors="pt")["input_ids"]
+        counts.append(int((ids == processor.image_token_id).sum()))
+    return counts
+
+
+def locate_answer(
+    input_ids: Sequence[int],
+    image_token_id: int,
+    image_lengths: Sequence[int],
+    header_ids: Sequence[int],
+    closer_ids: Sequence[int] = (),
+) -> AnswerLayout:
+    """Find the answer position and the image blocks, or raise AnswerPositionError saying why."""
+    ids = torch.as_tensor(input_ids).flatten()
+    header = torch.as_tensor(list(header_ids), dtype=ids.dtype)
+    if len(header) == 0 or len(ids) < len(header) or not torch.equal(ids[-len(header) :], header):
+        raise AnswerPositionError(
+            "the prompt does not end with the assistant generation header "
+            f"{header.tolist()}; build it with add_generation_prompt=True and no answer text"
+        )
+    image_positions = (ids == image_token_id).nonzero().flatten()
+    if len(image_positions) != sum(image_lengths) or not image_lengths:
+        raise AnswerPositionError(
+            f"the prompt holds {len(image_positions)} image tokens, but the {len(image_lengths)} "
+            f"image(s) need {sum(image_lengths)}"
+        )
+    offsets = np.cumsum([0, *image_lengths[:-1]]).tolist()
+    starts = tuple(int(image_positions[offset]) for offset in offsets)
+    query_start = int(image_positions[-1]) + 1
+    while query_start < len(ids) and int(ids[query_start]) in closer_ids:
+        query_start += 1
+    answer_position = len(ids) - 1
+    if answer_position < query_start:
+        raise AnswerPositionError("the prompt ends inside its last image block: no answer position")
+    return AnswerLayout(answer_position, query_start, starts, tuple(int(n) for n in image_lengths))
+
+
+def prepare_question(processor, text: str, images: Sequence[Image.Image]) -> tuple[Mapping, AnswerLayout]:
+    """Model inputs for one question with its images, and their AnswerLayout."""
+    tokenizer = processor.tokenizer
+    inputs = processor(text=chat_prompt(processor, text, len(images)), images=list(images), return_tensors="pt")
+    if inputs["input_ids"].shape[0] != 1:
+        raise ValueError("the harness scores one question at a time (batch size 1)")
+    header_ids = tokenizer.encode(generation_header(processor), add_special_tokens=False)
+    closer_ids = [tokenizer.convert_tokens_to_ids(token) for token in IMAGE_BLOCK_CLOSERS]
+    closer_ids = [i for i in closer_ids if i is not None and i != tokenizer.unk_token_id]
+    layout = locate_answer(
+        inputs["input_ids"][0], processor.image_token_id, tokens_per_image(processor, images), header_ids, closer_ids
+    )
+    return inputs, layout
+
+
+BlockRule = Callable[[AnswerLayout], Mapping[int, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class QuestionResult:
+    scores: LetterScores
+    generated_text: str | None  # greedy continuation, when asked for
+    generated_letter: str | None
+
+
+@torch.no_grad()
+def answer_question(
+    model: nn.Module,
+    processor,
+    text: str,
+    images: Sequence[Image.Image],
+    num_options: int,
+    block_rule: BlockRule | None = None,
+    greedy_tokens: int = 0,
+) -> QuestionResult:
+    """Score one question, with attention blocked as `block_rule` says for this prompt's layout."""
+    inputs, layout = prepare_question(processor, text, images)
+    blocked = block_rule(layout) if block_rule else {}
+    letter_ids = letter_token_ids(processor.tokenizer, num_options)
+    with block_attention(model, blocked, layout.query_start):
+        logits = model(**inputs).logits[0, layout.answer_position]
+        generated = None
+        if greedy_tokens:
+            output = model.generate(**inputs, max_new_tokens=greedy_tokens, do_sample=False)
+            new_tokens = output[0, inputs["input_ids"].shape[1] :]
+            generated = processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+    letter = extract_letter(generated, num_options) if generated is not None else None
+    return QuestionResult(score_letters(logits, letter_ids), generated, letter)
+
+
+def accuracy_table(subtasks: Sequence[str], correct: Sequence[bool]) -> dict:
+    """Accuracy per subtask, over all questions (`overall`) and averaged over subtasks."""
+    if len(subtasks) != len(correct) or not subtasks:
+        raise ValueError(f"need one correctness flag per question, got {len(subtasks)} and {len(correct)}")
+    flags = np.asarray(correct, dtype=float)
+    names = np.asarray(subtasks)
+    per_subtask = {name: float(flags[names == name].mean()) for name in sorted(set(subtasks))}
+    return {
+        "per_subtask": per_subtask,
+        "count": {name: int((names == name).sum()) for name in per_subtask},
+        "overall": float(flags.mean()),
+        "subtask_mean": float(np.mean(list(per_subtask.values()))),
+    }
+
+
+def paired_bootstrap(
+    correct_base: Sequence[bool],
+    correct_new: Sequence[bool],
+    resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES,
+    seed: int = DEFAULT_BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """Accuracy difference new - base with a percentile CI from resampling questions (paired)."""
+    base, new = np.asarray(correct_base, dtype=float), np.asarray(correct_new, dtype=float)
+    if base.shape != new.shape or base.ndim != 1 or not len(base):
+        raise ValueError(f"paired bootstrap needs two equal-length flag lists, got {base.shape} and {new.shape}")
+    difference = new - base
+    rng = np.random.default_rng(seed)
+    means = np.concatenate(
+        [
+            difference[rng.integers(0, len(difference), size=(min(1000, resamples - done), len(difference)))].mean(1)
+            for done in range(0, resamples, 1000)
+        ]
+    )
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"delta": float(difference.mean()), "low": float(low), "high": float(high), "resamples": resamples}

@@ -1,0 +1,50 @@
+"""Qwen2.5-VL 7B (`Qwen/Qwen2.5-VL-7B-Instruct`): its own ViT with 14 px patches merged 2x2, so one
+LM token per 28 px cell, in raster order over the merged grid; M-RoPE positions from
+`mm_token_type_ids`. LM with 4 KV heads of 128 (512-d image values).
+
+Config keys: `resolution: fixed` (default) squashes every image to `fixed_grid` x `fixed_grid` cells
+before the processor, so every image gives the same grid (SPEC 3.3: 27 -> 756 px, like the LLaVA
+base views); `resolution: native` keeps the processor's own aspect-preserving resize.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from imagekv.grid import TokenGrid
+from imagekv.models.registry import register
+from imagekv.models.vlm import VlmBackbone
+
+RESOLUTIONS = ("fixed", "native")
+DEFAULT_FIXED_GRID = 27
+
+
+@register("qwen2_5_vl")
+class Qwen2_5_VL(VlmBackbone):
+    architecture = "qwen2_5_vl"
+    model_class = Qwen2_5_VLForConditionalGeneration
+
+    def __init__(self, model, processor, cfg: dict):
+        super().__init__(model, processor, cfg)
+        self.resolution = cfg.get("resolution", "fixed")
+        if self.resolution not in RESOLUTIONS:
+            raise ValueError(f"{self.name} config key 'resolution' must be one of {RESOLUTIONS}, got {self.resolution!r}")
+        self.fixed_grid = cfg.get("fixed_grid", DEFAULT_FIXED_GRID)
+        image_processor = processor.image_processor
+        self.merge = image_processor.merge_size
+        self.cell = image_processor.patch_size * self.merge
+
+    def prepare_image(self, image: Image.Image) -> Image.Image:
+        if self.resolution == "native":
+            return image
+        side = self.fixed_grid * self.cell
+        return image.resize((side, side), Image.Resampling.BICUBIC)
+
+    def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
+        _, patch_rows, patch_cols = inputs["image_grid_thw"][0].tolist()
+        rows, cols = patch_rows // self.merge, patch_cols // self.merge
+        if rows * cols != num_image_tokens:
+            raise ValueError(f"{rows}x{cols} merged grid but {num_image_tokens} image tokens")
+        return torch.arange(num_image_tokens), TokenGrid(rows, cols, image.height, image.width)

@@ -1,0 +1,196 @@
+"""What the three multimodal LMs share: image keys and values read from the LM's own KV cache.
+
+One forward pass per image, on the prompt `header + prefix + image` of the model's own chat template
+(SPEC 3.2): under causal attention nothing after the image changes its KV, so the sequence stops
+there. The cache holds, per LM layer, keys after RoPE and values of shape
+[batch, kv_heads, seq, head_dim]; at the image positions that the adapter puts on a raster grid, the
+KV heads are concatenated per token into [layers, rows, cols, kv_heads*head_dim]. The projection is
+the LM's input embedding at the same positions (`hidden_states[0]`, SPEC 2.3a).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from imagekv.grid import TokenGrid
+from imagekv.models.base import Backbone, BackboneOutput
+from imagekv.models.tiny import build_tiny
+
+KEY_MODES = ("post_rope", "pre_rope")  # as the cache holds them (default), or k_proj's output
+_SENTINEL = "\x00imagekv-content\x00"
+
+
+class VlmBackbone(Backbone):
+    """A multimodal LM; subclasses say which tiny twin and model class, and where its grid lies."""
+
+    architecture: str  # tiny twin name in imagekv.models.tiny
+    model_class: type[PreTrainedModel]
+
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, cfg: dict):
+        self.model = model.eval()
+        self.processor = processor
+        self.cfg = cfg
+        self.key_mode = cfg.get("keys", "post_rope")
+        if self.key_mode not in KEY_MODES:
+            raise ValueError(f"{self.name} config key 'keys' must be one of {KEY_MODES}, got {self.key_mode!r}")
+        self.decoder_layers = model.get_decoder().layers
+        self.num_layers = len(self.decoder_layers)
+        self.image_token_id = processor.image_token_id
+        self.header, self.image_markup = chat_template_parts(processor)
+
+    @classmethod
+    def from_config(cls, cfg: dict, *, device: str, dtype: torch.dtype, dataset=None) -> "VlmBackbone":
+        source = cfg.get("source", "hub")
+        if source == "hub":
+            checkpoint, revision = cfg["checkpoint"], cfg["revision"]
+            model = cls.model_class.from_pretrained(checkpoint, revision=revision, dtype=dtype)
+            processor = AutoProcessor.from_pretrained(checkpoint, revision=revision)
+        elif source == "tiny":
+            model, processor = build_tiny(cls.architecture, seed=cfg.get("seed", 0))
+        else:
+            raise ValueError(f"{cls.name} config key 'source' must be 'hub' or 'tiny', got {source!r}")
+        return cls(model.to(device=device, dtype=dtype), processor, cfg)
+
+    def prompt_text(self, prefix: str = "") -> str:
+        """The exact text the processor receives for one image (the image markup expands to its tokens)."""
+        return self.header + prefix + self.image_markup
+
+    def model_inputs(self, image: Image.Image, prefix: str = "") -> dict:
+        """The processor's tensors for one image after `prefix`, on the model's device."""
+        inputs = self.processor(
+            text=self.prompt_text(prefix), images=[self.prepare_image(image)], return_tensors="pt",
+            add_special_tokens=False,  # the template text already holds every special token
+        )
+        return {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
+
+    def prepare_image(self, image: Image.Image) -> Image.Image:
+        """The image as handed to the processor; Qwen2.5-VL's fixed-resolution option resizes here."""
+        return image
+
+    @abstractmethod
+    def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
+        """Which of the image's tokens (indices into its run of image tokens) form the probed grid,
+        in raster order, and the grid they form over the original image."""
+
+    @torch.no_grad()
+    def encode(
+        self, images: Sequence[Image.Image], prefix: str = "", layers: Sequence[int] | None = None
+    ) -> list[BackboneOutput]:
+        return [self._encode_one(image, prefix, layers) for image in images]
+
+    def _encode_one(self, image: Image.Image, prefix: str, layers: Sequence[int] | None) -> BackboneOutput:
+        inputs = self.model_inputs(image, prefix)
+        layers = tuple(range(self.num_layers)) if layers is None else tuple(layers)
+        with self._pre_rope_keys(layers) as pre_rope:
+            out = self.model(**inputs, use_cache=True, output_hidden_states=True)
+        image_positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).squeeze(1)
+        token_index, grid = self.grid_tokens(inputs, image, len(image_positions))
+        positions = image_positions[token_index.to(image_positions.device)]
+        cache = out.past_key_values.layers
+        if self.key_mode == "post_rope":
+            keys = [heads_per_token(cache[layer].keys[0], positions) for layer in layers]
+        else:
+            keys = [pre_rope[layer][0, positions] for layer in layers]
+        values = [heads_per_token(cache[layer].values[0], positions) for layer in layers]
+        shape = (grid.rows, grid.cols, -1)
+        return BackboneOutput(
+            values=torch.stack(values).reshape(len(layers), *shape).cpu(),
+            keys=torch.stack(keys).reshape(len(layers), *shape).cpu(),
+            projection=out.hidden_states[0][0, positions].reshape(*shape).cpu(),
+            grid=grid,
+            layers=layers,
+        )
+
+    @contextmanager
+    def _pre_rope_keys(self, layers: Sequence[int]):
+        """Collect k_proj's output (keys before RoPE, KV heads already side by side) of `layers`."""
+        captured: dict[int, torch.Tensor] = {}
+        if self.key_mode != "pre_rope":
+            yield captured
+            return
+
+        def keep(layer: int):
+            return lambda module, args, output: captured.__setitem__(layer, output)
+
+        handles = [self.decoder_layers[layer].self_attn.k_proj.register_forward_hook(keep(layer)) for layer in layers]
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], prefix: str = "", layers: Sequence[int] | None = None) -> torch.Tensor:
+        """Value of each text's last token per layer, the text alone in a user turn after `prefix`."""
+        layers = tuple(range(self.num_layers)) if layers is None else tuple(layers)
+        rows = []
+        for text in texts:
+            ids = self.processor.tokenizer(self.header + prefix + text, add_special_tokens=False, return_tensors="pt")
+            cache = self.model(input_ids=ids["input_ids"].to(self.model.device), use_cache=True).past_key_values
+            last = torch.tensor([ids["input_ids"].shape[1] - 1])
+            rows.append(torch.stack([heads_per_token(cache.layers[layer].values[0], last)[0] for layer in layers]))
+        return torch.stack(rows).cpu()
+
+
+def heads_per_token(cache_entry: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[kv_heads, seq, head_dim] at `positions` -> [tokens, kv_heads*head_dim], heads side by side
+    in head order, as k_proj/v_proj lay them out before the per-head split."""
+    selected = cache_entry[:, positions.to(cache_entry.device)]
+    return selected.permute(1, 0, 2).reshape(len(positions), -1)
+
+
+def chat_template_parts(processor: ProcessorMixin) -> tuple[str, str]:
+    """(header, image markup) of the processor's own chat template: the text before the content of
+    a first user turn, and what an image part renders as."""
+
+    def render(part: dict) -> str:
+        messages = [{"role": "user", "content": [part]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+
+    with_sentinel = render({"type": "text", "text": _SENTINEL})
+    header, tail = with_sentinel.split(_SENTINEL)
+    with_image = render({"type": "image"})
+    if not (with_image.startswith(header) and with_image.endswith(tail)):
+        raise ValueError(f"{type(processor).__name__}: the chat template renders an image turn unlike a text turn")
+    return header, with_image[len(header) : len(with_image) - len(tail)]
+
+
+class AnyresBackbone(VlmBackbone):
+    """LLaVA-OneVision and LLaVA-NeXT: the base view (the whole image squashed to one crop, side x
+    side tokens, raster order, no newlines) comes first, then the unpadded high-resolution map of the
+    anyres crops with one newline token after each row. Config key `view`: base (default) | crops."""
+
+    VIEWS = ("base", "crops")
+
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, cfg: dict):
+        super().__init__(model, processor, cfg)
+        vision = model.config.vision_config
+        self.side = vision.image_size // vision.patch_size
+        self.view = cfg.get("view", "base")
+        if self.view not in self.VIEWS:
+            raise ValueError(f"{self.name} config key 'view' must be one of {self.VIEWS}, got {self.view!r}")
+
+    def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
+        base = self.side * self.side
+        if self.view == "base":
+            return torch.arange(base), TokenGrid(self.side, self.side, image.height, image.width)
+        rows, cols = crop_map_shape(num_image_tokens - base, image.width / image.height)
+        index = base + torch.arange(rows)[:, None] * (cols + 1) + torch.arange(cols)[None, :]
+        return index.flatten(), TokenGrid(rows, cols, image.height, image.width)
+
+
+def crop_map_shape(num_tokens: int, aspect: float) -> tuple[int, int]:
+    """(rows, cols) of the unpadded crop map from its token count, rows * (cols + 1) with a newline
+    per row: of the factorisations, the one whose cols/rows is nearest the image's width/height
+    (unpadding keeps the image's aspect up to one token)."""
+    shapes = [(rows, num_tokens // rows - 1) for rows in range(1, num_tokens + 1) if num_tokens % rows == 0]
+    shapes = [(rows, cols) for rows, cols in shapes if cols >= 1]
+    if not shapes or num_tokens <= 1:
+        raise ValueError("this image has no high-resolution crops (one crop only); use view: base")
+    return min(shapes, key=lambda shape: abs(torch.log(torch.tensor(shape[1] / shape[0] / aspect)).item()))

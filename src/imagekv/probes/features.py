@@ -1,0 +1,88 @@
+"""Helpers shared by the probes: reading features, token labels from masks, scores back to pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imagekv.datasets.schema import VOID
+from imagekv.grid import TokenGrid
+
+if TYPE_CHECKING:
+    from imagekv.probes import FeatureSource
+
+
+def probe_device() -> torch.device:
+    """Probes run on the GPU when there is one; results do not depend on it."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return F.normalize(x, dim=dim, eps=1e-12)
+
+
+def token_features(source: "FeatureSource", image_id: str, normalize: bool = True) -> torch.Tensor:
+    """[L, rows*cols, C] float32 features of one image on the probe device, raster order,
+    L2-normalised per token unless `normalize` is False."""
+    if normalize:
+        return stacked_token_features(source, [image_id])
+    values = source.features(image_id)
+    return values.reshape(values.shape[0], -1, values.shape[-1]).to(probe_device(), torch.float32)
+
+
+def stacked_token_features(
+    source: "FeatureSource", image_ids: Sequence[str], keep: Sequence[np.ndarray] | None = None
+) -> torch.Tensor:
+    """[L, tokens, C]: the L2-normalised tokens of several images (only those where `keep` [rows*cols]
+    is true, if given), concatenated. Written straight into one buffer and normalised in place: on
+    CPU every fresh [L, n, C] tensor costs page faults comparable to several solver passes."""
+    parts = []
+    for index, image_id in enumerate(image_ids):
+        values = source.features(image_id)
+        flat = values.reshape(values.shape[0], -1, values.shape[-1])
+        if keep is not None and not keep[index].all():
+            flat = flat[:, torch.from_numpy(keep[index]).to(flat.device)]
+        parts.append(flat)
+    num_layers, channels = parts[0].shape[0], parts[0].shape[-1]
+    out = torch.empty(num_layers, sum(p.shape[1] for p in parts), channels, device=probe_device())
+    start = 0
+    for part in parts:
+        piece = out[:, start : start + part.shape[1]]
+        piece.copy_(part)
+        piece.div_(torch.linalg.vector_norm(piece, dim=-1, keepdim=True).clamp_min_(1e-12))
+        start += part.shape[1]
+    return out
+
+
+def token_labels(
+    mask: np.ndarray, grid: TokenGrid, threshold: float = 0.5, ambiguous: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Binary token labels from a binary mask with void: (labels [rows*cols] in {0, 1}, usable
+    [rows*cols] bool). A token is foreground when at least `threshold` of its non-void pixels are;
+    cells made only of void pixels, and with `ambiguous=(lo, hi)` cells whose coverage lies strictly
+    between lo and hi, are not usable."""
+    coverage = grid.coverage(mask == 1, ignore=mask == VOID).ravel()
+    usable = ~np.isnan(coverage)
+    if ambiguous is not None:
+        low, high = ambiguous
+        usable &= ~((coverage > low) & (coverage < high))
+    labels = np.where(usable, coverage >= threshold, False).astype(np.float32)
+    return labels, usable
+
+
+def soft_token_labels(label_map: np.ndarray, grid: TokenGrid, num_labels: int) -> np.ndarray:
+    """[rows*cols, num_labels] fraction of each cell's non-void pixels carrying each label id
+    0..num_labels-1 (rows of all-void cells are zero)."""
+    void = label_map == VOID
+    columns = [np.nan_to_num(grid.coverage(label_map == k, ignore=void).ravel()) for k in range(num_labels)]
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def to_pixels(token_scores: torch.Tensor, grid: TokenGrid) -> np.ndarray:
+    """Bilinearly upsample [..., rows*cols] token scores (raster order) to [..., H, W] pixels."""
+    shaped = token_scores.reshape(*token_scores.shape[:-1], grid.rows, grid.cols)
+    return grid.to_pixels(shaped).cpu().numpy()

@@ -1,0 +1,94 @@
+"""T1 few-shot foreground segmentation (Pascal-5i): a linear classifier per (episode, layer).
+
+Per episode, the L2-normalised tokens of the support images, labelled foreground when at least
+`label_threshold` of their non-void pixels are, train one balanced logistic regression per layer
+(all layers at once, `imagekv.probes.logistic`); the query's token probabilities are bilinearly
+upsampled to pixels and thresholded. Scores: the standard few-shot mIoU per fold (per class,
+intersections and unions summed over its episodes, then averaged over the fold's classes) and
+FB-IoU, each also averaged over the folds present.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from imagekv.datasets.schema import SegEpisode
+from imagekv.probes import FeatureSource, metric_rows
+from imagekv.probes.features import stacked_token_features, to_pixels, token_features, token_labels
+from imagekv.probes.logistic import fit_logistic
+from imagekv.probes.metrics import class_miou, fb_iou, intersection_union
+
+DEFAULTS = {
+    "C": 1.0,  # inverse L2 strength, as sklearn LogisticRegression(C=1.0, class_weight="balanced")
+    "label_threshold": 0.5,  # a token is foreground when this fraction of its pixels is
+    "drop_ambiguous": False,  # leave out support tokens with coverage in (0.25, 0.75)
+    "threshold": 0.5,  # on the upsampled query probabilities
+    "tol": 1e-5,  # solver stop: max |gradient| <= tol * C * sum of sample weights (sklearn: 1e-4)
+    "max_newton": 50,
+    "max_cg": 50,
+}
+AMBIGUOUS_BAND = (0.25, 0.75)
+
+
+def run(samples: Iterable[SegEpisode], source: FeatureSource, params: dict) -> list[dict]:
+    per_fold: dict[int, list[tuple[str, np.ndarray]]] = defaultdict(list)
+    for episode in samples:
+        per_fold[episode.fold].append((episode.class_name, episode_counts(episode, source, params)))
+    if not per_fold:
+        raise ValueError("fewshot_seg: no episodes")
+    rows, fold_miou, fold_fbiou = [], [], []
+    for fold, records in sorted(per_fold.items()):
+        classes = [name for name, _ in records]
+        counts = np.stack([c for _, c in records])  # [E, 4, L]
+        miou = class_miou(classes, counts[:, 0], counts[:, 1])
+        fbiou = fb_iou(counts[:, 0], counts[:, 1], counts[:, 2], counts[:, 3])
+        rows += metric_rows(source.layers, f"miou/fold={fold}", miou, len(records))
+        rows += metric_rows(source.layers, f"fbiou/fold={fold}", fbiou, len(records))
+        fold_miou.append(miou)
+        fold_fbiou.append(fbiou)
+    episodes = sum(len(r) for r in per_fold.values())
+    rows += metric_rows(source.layers, "miou", np.mean(fold_miou, axis=0), episodes)
+    rows += metric_rows(source.layers, "fbiou", np.mean(fold_fbiou, axis=0), episodes)
+    return rows
+
+
+def episode_counts(episode: SegEpisode, source: FeatureSource, params: dict) -> np.ndarray:
+    """[4, L] pixel counts of the query prediction per layer: foreground intersection and union,
+    background intersection and union (void excluded)."""
+    probabilities = query_probabilities(episode, source, params)
+    grid = source.grid(episode.query)
+    pred = to_pixels(probabilities, grid) >= params["threshold"]
+    inter_fg, union_fg = intersection_union(pred, episode.query_mask, positive=1)
+    inter_bg, union_bg = intersection_union(~pred, episode.query_mask, positive=0)
+    return np.stack([inter_fg, union_fg, inter_bg, union_bg])
+
+
+def query_probabilities(episode: SegEpisode, source: FeatureSource, params: dict) -> torch.Tensor:
+    """[L, query tokens] foreground probability of each query token, per layer."""
+    features, labels = support_tokens(episode, source, params)
+    query = token_features(source, episode.query)
+    if labels.min() == labels.max():  # one class only: nothing to fit, predict it everywhere
+        return torch.full(query.shape[:2], float(labels[0]), device=query.device)
+    fit = fit_logistic(
+        features, labels, C=params["C"], tol=params["tol"], max_newton=params["max_newton"], max_cg=params["max_cg"]
+    )
+    return torch.sigmoid(fit.logits(query))
+
+
+def support_tokens(episode: SegEpisode, source: FeatureSource, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Usable support tokens of all shots: features [L, n, C] and labels [n]."""
+    ambiguous = AMBIGUOUS_BAND if params["drop_ambiguous"] else None
+    labelled = [
+        token_labels(mask, source.grid(image_id), params["label_threshold"], ambiguous)
+        for image_id, mask in zip(episode.support, episode.support_masks, strict=True)
+    ]
+    usable = [keep for _, keep in labelled]
+    if not any(keep.any() for keep in usable):
+        raise ValueError(f"episode {episode.episode_id}: every support token is void")
+    features = stacked_token_features(source, episode.support, usable)
+    labels = torch.from_numpy(np.concatenate([label[keep] for label, keep in labelled]))
+    return features, labels.to(features.device)

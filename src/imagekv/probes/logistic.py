@@ -1,0 +1,180 @@
+"""Batched L2-regularised binary logistic regression: one problem per layer, solved together.
+
+Solves exactly the problem of `sklearn.linear_model.LogisticRegression(C, class_weight="balanced")`,
+
+    min_{w, b}  C * sum_i s_i * BCE(x_i . w + b, y_i) + 0.5 * ||w||^2      (b not penalised),
+
+with s_i = n / (2 * n_{y_i}), for L layers at once. Method: truncated Newton (Newton-CG) with
+per-layer convergence masks. It is fast on CPU because every step is a handful of batched
+matrix-vector products over [L, n, d] and nothing else:
+- features are centred per layer, an exact reparametrisation (the unpenalised intercept absorbs
+  the mean) that removes the common direction dominating L2-normalised transformer features; the
+  centring is applied inside the products, never materialised (a fresh [L, n, d] copy costs more
+  than several products on CPU);
+- CG is Jacobi-preconditioned: exactly on the intercept, whose curvature is ~n times the others',
+  and with the mean curvature times each centred feature's sum of squares on the weights (real
+  LM values have a few channels of outsized scale; there it saves ~30 % of the products);
+- CG also accumulates X @ step from its own products, so the Armijo line search runs on the
+  logits alone (no extra pass over the features) and the next gradient needs one X^T product.
+(A strided subsampled Hessian was tried and rejected: it multiplied the Newton steps.)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+FORCING = 0.5  # CG stops at residual FORCING * |g|; 0.3-0.9 all cost about the same here
+
+
+@dataclass
+class LogisticFit:
+    weight: torch.Tensor  # [L, d]
+    bias: torch.Tensor  # [L]
+    iterations: int  # gradient evaluations of the slowest layer (Newton steps + 1 when converged)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """[L, m] logits of features [L, m, d]."""
+        return torch.bmm(self.weight[:, None, :], features.mT).squeeze(1) + self.bias[:, None]
+
+
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """sklearn's class_weight="balanced": n / (n_classes * count of the sample's class)."""
+    positives = labels.sum()
+    counts = torch.where(labels > 0.5, positives, labels.numel() - positives)
+    return labels.numel() / (2.0 * counts)
+
+
+def fit_logistic(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    C: float = 1.0,
+    tol: float = 1e-5,
+    max_newton: int = 50,
+    max_cg: int = 50,
+) -> LogisticFit:
+    """Fit one balanced logistic regression per layer: features [L, n, d], labels [n] in {0, 1}.
+
+    Stops a layer when max |gradient| <= tol * C * sum(s) — sklearn's `gtol` criterion on its
+    sample-weight-normalised objective, so tol=1e-5 is ten times tighter than sklearn's default.
+    Both classes must be present.
+    """
+    num_layers, n, dim = features.shape
+    y = labels.to(features.dtype)
+    if not 0 < float(y.sum()) < n:
+        raise ValueError("logistic regression needs both classes among the training tokens")
+    X = _Centred(features)
+    sample_scale = C * balanced_weights(y)  # [n]
+    tolerance = tol * float(sample_scale.sum())  # sklearn divides its objective by this sum
+
+    w = features.new_zeros(num_layers, dim)
+    c = features.new_zeros(num_layers)  # intercept of the centred problem
+    z = features.new_zeros(num_layers, n)
+    active = torch.ones(num_layers, dtype=torch.bool, device=features.device)
+    for iteration in range(1, max_newton + 1):
+        residual = sample_scale * (torch.sigmoid(z) - y)  # d loss / d z, [L, n]
+        grad_w = X.t_times(residual) + w
+        grad_c = residual.sum(dim=1)
+        grad_norm = torch.maximum(grad_w.abs().amax(dim=1), grad_c.abs())
+        active &= grad_norm > tolerance
+        if not active.any():
+            break
+        curvature = sample_scale * torch.sigmoid(z) * torch.sigmoid(-z)  # [L, n]
+        precond_w = 1.0 / (1.0 + curvature.mean(1, keepdim=True) * X.column_sq)
+        precond_c = 1.0 / curvature.sum(dim=1).clamp_min(1e-12)
+        step_w, step_c, step_z = _conjugate_gradient(
+            X, curvature, grad_w, grad_c, precond_w, precond_c, active, FORCING, max_cg
+        )
+        t = _armijo_step(z, y, sample_scale, w, step_z, step_w, grad_w, grad_c, step_c)
+        t = torch.where(active, t, torch.zeros_like(t))
+        w = w + t[:, None] * step_w
+        c = c + t * step_c
+        z = z + t[:, None] * step_z
+    else:
+        unconverged = int(active.sum())
+        warnings.warn(f"logistic regression: {unconverged} layer(s) not converged in max_newton={max_newton} steps")
+    bias = c - (X.mean * w).sum(dim=1)
+    return LogisticFit(weight=w, bias=bias, iterations=iteration)
+
+
+class _Centred:
+    """Products with the per-layer centred features X - mean, without forming them."""
+
+    def __init__(self, features: torch.Tensor):
+        self.features = features  # [L, n, d]
+        self.mean = features.mean(dim=1)  # [L, d]
+        # Per-feature sum of squares of the centred features, for the Jacobi preconditioner.
+        squares = torch.linalg.vector_norm(features, dim=1).square() - features.shape[1] * self.mean.square()
+        self.column_sq = squares.clamp_min(0.0)  # [L, d]; the subtraction can round below zero
+
+    def times(self, v: torch.Tensor) -> torch.Tensor:
+        """(X - mean) v: [L, d] -> [L, n]. Written as row vector times X^T: on CPU this batched
+        product is 3.5x faster than the [n, d] x [d, 1] form (and 1.7x faster than a gemv per layer)."""
+        return torch.bmm(v[:, None, :], self.features.mT).squeeze(1) - (self.mean * v).sum(1, keepdim=True)
+
+    def t_times(self, r: torch.Tensor) -> torch.Tensor:
+        """(X - mean)^T r: [L, n] -> [L, d]."""
+        return torch.bmm(r[:, None, :], self.features).squeeze(1) - self.mean * r.sum(1, keepdim=True)
+
+
+def _conjugate_gradient(
+    X: _Centred, curvature, grad_w, grad_c, precond_w, precond_c, active, forcing: float, max_cg: int
+):
+    """Approximately solve H [dw; dc] = -[grad_w; grad_c] per layer; also return X dw + dc.
+
+    H = [[X^T D X + I, X^T D 1], [1^T D X, 1^T D 1]] with D = diag(curvature). CG stops at a
+    residual of forcing * |g| on every still active layer: inexact steps, a few more of them,
+    fewer passes over the features in all.
+    """
+    r_w, r_c = -grad_w, -grad_c
+    x_w, x_c = torch.zeros_like(grad_w), torch.zeros_like(grad_c)
+    x_z = torch.zeros_like(curvature)
+    p_w, p_c = precond_w * r_w, precond_c * r_c
+    rho = (r_w * p_w).sum(1) + r_c * p_c
+    target = forcing * torch.sqrt(r_w.square().sum(1) + r_c.square())
+    for _ in range(max_cg):
+        p_z = X.times(p_w) + p_c[:, None]
+        d_p = curvature * p_z
+        hp_w = X.t_times(d_p) + p_w
+        hp_c = d_p.sum(1)
+        alpha = rho / ((p_w * hp_w).sum(1) + p_c * hp_c).clamp_min(1e-30)
+        x_w, x_c, x_z = x_w + alpha[:, None] * p_w, x_c + alpha * p_c, x_z + alpha[:, None] * p_z
+        r_w, r_c = r_w - alpha[:, None] * hp_w, r_c - alpha * hp_c
+        if bool(((torch.sqrt(r_w.square().sum(1) + r_c.square()) <= target) | ~active).all()):
+            break
+        s_w, s_c = precond_w * r_w, precond_c * r_c
+        rho_next = (r_w * s_w).sum(1) + r_c * s_c
+        beta = rho_next / rho.clamp_min(1e-30)
+        p_w, p_c, rho = s_w + beta[:, None] * p_w, s_c + beta * p_c, rho_next
+    return x_w, x_c, x_z
+
+
+def _armijo_step(z, y, sample_scale, w, step_z, step_w, grad_w, grad_c, step_c, halvings: int = 20):
+    """Largest t in {1, 1/2, ...} with sufficient decrease, per layer. The objective is a function
+    of the logits and w only, so every trial costs O(n) without touching the features; the full
+    ladder is only evaluated when the Newton step t = 1 fails somewhere. Float64: near the optimum
+    the decrease falls below float32 resolution of the objective, and a rounding-error "failure"
+    would stall the layer on ever smaller steps."""
+    z, y, sample_scale, w, step_z, step_w = (x.double() for x in (z, y, sample_scale, w, step_z, step_w))
+    slope = (grad_w * step_w).sum(1) + grad_c * step_c
+    loss_0 = _objective(z, w, y, sample_scale)
+    full = _objective(z + step_z, w + step_w, y, sample_scale) <= loss_0 + 1e-4 * slope
+    if bool(full.all()):
+        return torch.ones_like(grad_c)
+    t = 0.5 ** torch.arange(halvings, dtype=z.dtype, device=z.device)  # [T]
+    z_t = z[:, None, :] + t[None, :, None] * step_z[:, None, :]
+    w_t = w[:, None, :] + t[None, :, None] * step_w[:, None, :]
+    ok = _objective(z_t, w_t, y, sample_scale) <= loss_0[:, None] + 1e-4 * t[None, :] * slope[:, None]
+    smallest = torch.full_like(slope, halvings - 1, dtype=torch.long)
+    first_ok = torch.where(ok.any(1), ok.to(torch.int8).argmax(1), smallest)
+    return t[first_ok].to(grad_c.dtype)
+
+
+def _objective(z: torch.Tensor, w: torch.Tensor, y: torch.Tensor, sample_scale: torch.Tensor) -> torch.Tensor:
+    bce = F.softplus(z) - y * z
+    return (sample_scale * bce).sum(-1) + 0.5 * w.square().sum(-1)

@@ -1,0 +1,207 @@
+"""Each synthetic twin, written in its dataset's real layout, read back by that dataset's loader.
+
+The generator keeps what it drew in memory; the loader must return exactly those masks, keypoints,
+boxes, texts and answers from the files alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagekv.datasets import DATASET_NAMES, TASK_OF_DATASET, load_dataset
+from imagekv.datasets.files import DatasetFileError
+from imagekv.datasets.synthetic import synthesize, write_synthetic
+
+SMOKE = {
+    "pascal5i": {"folds": [0, 1], "shots": 2, "episodes_per_fold": 3},
+    "msrc": {"sets": 2, "images_per_set": 3},
+    "imagenet_s": {"num_classes": 3, "images_per_class": 2},
+    "refcoco": {"images": 4, "num_expressions": 12},
+    "spair": {"num_categories": 2, "images_per_category": 3, "pairs_per_category": 2},
+    "davis": {"clips": 2, "frames": 3},
+    "blink": {"items_per_subtask": 2},
+    "coco_pool": {"images": 5, "num_images": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """name -> (root, truth) for every dataset, written once for the module."""
+    base = tmp_path_factory.mktemp("synthetic")
+    return {name: (base / name, synthesize(name, base / name, SMOKE[name], seed=3)) for name in DATASET_NAMES}
+
+
+def assert_same(got, expected, where: str = "") -> None:
+    """Field-by-field equality where arrays must match exactly in values, shape and dtype."""
+    if isinstance(expected, np.ndarray):
+        assert isinstance(got, np.ndarray) and got.dtype == expected.dtype, where
+        np.testing.assert_array_equal(got, expected, err_msg=where)
+    elif dataclasses.is_dataclass(expected):
+        assert type(got) is type(expected), where
+        for field in dataclasses.fields(expected):
+            assert_same(getattr(got, field.name), getattr(expected, field.name), f"{where}.{field.name}")
+    elif isinstance(expected, (tuple, list)):
+        assert type(got) is type(expected) and len(got) == len(expected), where
+        for index, (a, b) in enumerate(zip(got, expected)):
+            assert_same(a, b, f"{where}[{index}]")
+    else:
+        assert got == expected, f"{where}: {got!r} != {expected!r}"
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_loader_returns_exactly_what_the_generator_wrote(written, name):
+    root, truth = written[name]
+    dataset = load_dataset(name, root, {"source": "synthetic", **SMOKE[name]})
+    assert (dataset.name, dataset.task) == (name, TASK_OF_DATASET[name])
+    samples = list(dataset.samples())
+    assert len(samples) == len(truth.samples) > 0
+    assert_same(samples, truth.samples, name)
+    assert dataset.texts() == truth.texts
+    refs = dataset.images()
+    assert [ref.image_id for ref in refs] == truth.image_ids
+    assert all(ref.path.is_file() for ref in refs)
+    for image_id, pixels in truth.pixels.items():  # images the loader extracts itself must be lossless
+        np.testing.assert_array_equal(
+            np.array(Image.open(next(r.path for r in refs if r.image_id == image_id))), pixels
+        )
+    for image_id, labels in truth.oracle_labels.items():
+        oracle = dataset.oracle_truth(image_id)
+        assert_same(oracle.labels, labels, f"{name} oracle {image_id}")
+        assert oracle.labels.max() < oracle.num_ids
+
+
+@pytest.mark.parametrize("name", ["imagenet_s", "refcoco"])
+def test_oracle_text_ids_name_the_queried_region(written, name):
+    root, _ = written[name]
+    dataset = load_dataset(name, root, SMOKE[name])
+    for query in dataset.samples():
+        oracle = dataset.oracle_truth(query.image_id)
+        scored = query.mask != 255
+        np.testing.assert_array_equal((oracle.labels == oracle.text_ids[query.text])[scored], query.mask[scored] == 1)
+
+
+def test_spair_oracle_regions_match_across_a_pair(written):
+    root, _ = written["spair"]
+    dataset = load_dataset("spair", root, SMOKE["spair"])
+    for pair in dataset.samples():
+        source, target = dataset.oracle_truth(pair.source).labels, dataset.oracle_truth(pair.target).labels
+        source_ids = [source[int(y), int(x)] for x, y in pair.source_points]
+        target_ids = [target[int(y), int(x)] for x, y in pair.target_points]
+        assert source_ids == target_ids and len(set(source_ids)) == len(source_ids) and min(source_ids) > 0
+        x0, y0, x1, y1 = (int(v) for v in pair.target_bbox)
+        outside = np.ones_like(target, dtype=bool)
+        outside[y0 : y1 + 1, x0 : x1 + 1] = False
+        assert not target[outside].any()
+
+
+def test_pascal_episodes_are_fixed_on_disk_and_hold_their_class(written):
+    root, truth = written["pascal5i"]
+    episode_files = sorted((root / "episodes").glob("*.json"))
+    assert len(episode_files) == 2
+    for episode in truth.samples:
+        assert len(episode.support) == 2 and episode.query not in episode.support
+        assert all((mask == 1).any() for mask in (episode.query_mask, *episode.support_masks))
+    before = [p.read_bytes() for p in episode_files]
+    list(load_dataset("pascal5i", root, SMOKE["pascal5i"]).samples())
+    assert [p.read_bytes() for p in episode_files] == before
+
+
+def test_pascal_builds_the_episode_file_when_missing(written, tmp_path):
+    root, truth = written["pascal5i"]
+    copy = tmp_path / "pascal5i"
+    shutil.copytree(root, copy)
+    shutil.rmtree(copy / "episodes")
+    rebuilt = list(load_dataset("pascal5i", copy, SMOKE["pascal5i"]).samples())
+    assert_same(rebuilt, truth.samples)  # the generator drew its episodes with the same seeded rule
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_writing_twice_gives_identical_bytes(written, tmp_path, name):
+    root, _ = written[name]
+    again = tmp_path / name
+    write_synthetic(name, again, SMOKE[name], seed=3)
+    written_files = {k: v for k, v in file_bytes(root).items() if not k.startswith("extracted/")}
+    assert file_bytes(again) == written_files
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_rewriting_replaces_the_folder(tmp_path):
+    write_synthetic("davis", tmp_path / "davis", {"clips": 1, "frames": 2}, seed=0)
+    (tmp_path / "davis" / "stale.txt").write_text("old")
+    write_synthetic("davis", tmp_path / "davis", {"clips": 1, "frames": 2}, seed=0)
+    assert not (tmp_path / "davis" / "stale.txt").exists()
+
+
+def _copy(written, tmp_path, name) -> Path:
+    copy = tmp_path / name
+    shutil.copytree(written[name][0], copy)
+    return copy
+
+
+BROKEN = {
+    "pascal5i": "SegmentationClassAug/2012_000000.png",
+    "msrc": "MSRC/circle/GroundTruth/1_1_s.png",
+    "imagenet_s": "validation-segmentation/n09000000/ILSVRC2012_val_00000001.png",
+    "davis": "Annotations/480p/clip-01/00001.png",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_corrupt_mask_is_reported_with_its_file(written, tmp_path, name):
+    copy = _copy(written, tmp_path, name)
+    broken = copy / BROKEN[name]
+    broken.write_bytes(broken.read_bytes()[:40])  # a truncated PNG
+    with pytest.raises(DatasetFileError, match=str(broken).replace("\\", "\\\\")):
+        list(load_dataset(name, copy, SMOKE[name]).samples())
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_missing_mask_is_reported_with_its_file(written, tmp_path, name):
+    copy = _copy(written, tmp_path, name)
+    (copy / BROKEN[name]).unlink()
+    with pytest.raises(DatasetFileError, match=f"missing dataset file: {copy / BROKEN[name]}"):
+        list(load_dataset(name, copy, SMOKE[name]).samples())
+
+
+@pytest.mark.parametrize(
+    "name, relative",
+    [
+        ("refcoco", "refcoco/instances.json"),
+        ("refcoco", "refcoco/refs(unc).p"),
+        ("davis", "ImageSets/2017/val.txt"),
+        ("spair", "Layout/large/test.txt"),
+        ("imagenet_s", "LOC_synset_mapping.txt"),
+    ],
+)
+def test_missing_annotation_file_is_named(written, tmp_path, name, relative):
+    copy = _copy(written, tmp_path, name)
+    (copy / relative).unlink()
+    with pytest.raises(
+        (DatasetFileError, FileNotFoundError), match=str(copy / relative).replace("(", r"\(").replace(")", r"\)")
+    ):
+        list(load_dataset(name, copy, SMOKE[name]).samples())
+
+
+def test_spair_missing_pair_annotation_is_named(written, tmp_path):
+    copy = _copy(written, tmp_path, "spair")
+    pair_file = copy / "PairAnnotation" / "test" / f"{written['spair'][1].samples[0].pair_id}.json"
+    pair_file.unlink()
+    with pytest.raises(DatasetFileError, match=f"missing dataset file: {pair_file}"):
+        list(load_dataset("spair", copy, SMOKE["spair"]).samples())
+
+
+def test_unknown_dataset_is_refused(tmp_path):
+    with pytest.raises(KeyError, match="unknown dataset 'voc'"):
+        load_dataset("voc", tmp_path, {})
+    with pytest.raises(KeyError, match="no synthetic writer"):
+        write_synthetic("voc", tmp_path / "voc", {}, seed=0)

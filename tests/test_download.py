@@ -1,0 +1,437 @@
+"""The paper-run download path against a local HTTP server on 127.0.0.1 (never the real network).
+
+Archives are built from each dataset's synthetic twin in the layout of the real archive (the real
+catalogue entry's prefix and routing, checksums removed), served, fetched, verified, unpacked and
+then read by the dataset's own loader, whose output must equal what it reads from the twin itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import io
+import json
+import pickle
+import re
+import shutil
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.io import savemat
+
+from imagekv.datasets import load_dataset
+from imagekv.datasets.download import (
+    COMPLETE_MARKER,
+    ChecksumError,
+    DownloadError,
+    RetryPolicy,
+    UnsafeArchiveError,
+    fetch_dataset,
+)
+from imagekv.datasets.lockfile import LockMismatchError, read_lock
+from imagekv.datasets.sources import SOURCES, Archive, DatasetSource
+from imagekv.datasets.synthetic import write_synthetic
+
+SMOKE = {
+    "pascal5i": {"folds": [0, 1], "shots": 2, "episodes_per_fold": 3},
+    "msrc": {"sets": 2, "images_per_set": 3},
+    "imagenet_s": {"num_classes": 3, "images_per_class": 2},
+    "refcoco": {"images": 4, "num_expressions": 12},
+    "spair": {"num_categories": 2, "images_per_category": 3, "pairs_per_category": 2},
+    "davis": {"clips": 2, "frames": 3},
+    "blink": {"items_per_subtask": 2},
+    "coco_pool": {"images": 5, "num_images": 4},
+}
+
+
+# --- A small HTTP server with Range support and scripted failures ------------------------------
+
+
+class Server:
+    """Serves `files` by name; `fail[name]` 503s left, `drop[name]` bytes to send before hanging up once."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.fail: dict[str, int] = {}
+        self.drop: dict[str, int] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                name = self.path.lstrip("/")
+                server.requests.append((name, self.headers.get("Range")))
+                if server.fail.get(name, 0) > 0:
+                    server.fail[name] -= 1
+                    self.send_error(503)
+                    return
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                body, start = server.files[name], 0
+                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+                if match:
+                    start = int(match.group(1))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                cut = server.drop.pop(name, None)
+                self.wfile.write(body[start:cut] if cut is not None else body[start:])
+                if cut is not None:
+                    self.close_connection = True
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    serving = Server()
+    yield serving
+    serving.close()
+
+
+@pytest.fixture
+def sleeps():
+    return []
+
+
+@pytest.fixture
+def retry(sleeps):
+    return RetryPolicy(attempts=4, base_seconds=0.5, timeout_seconds=5, sleep=sleeps.append)
+
+
+# --- Building archives --------------------------------------------------------------------------
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in sorted(members.items()):
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def make_tar(members: dict[str, bytes], mode: str = "w", special: tuple[tarfile.TarInfo, ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+        for name, data in sorted(members.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in special:
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def pack(kind: str, members: dict[str, bytes]) -> bytes:
+    return make_zip(members) if kind == "zip" else make_tar(members, "w:gz" if kind in ("tgz", "tar.gz") else "w")
+
+
+def unchecked(name: str) -> DatasetSource:
+    """The real catalogue entry of `name` without publisher checksums (our archives differ from theirs)."""
+    source = SOURCES[name]
+    return dataclasses.replace(
+        source, archives=tuple(dataclasses.replace(a, md5=None, sha256=None) for a in source.archives)
+    )
+
+
+def members_by_archive(source: DatasetSource, twin: Path) -> dict[str, dict[str, bytes]]:
+    """Each twin file as the member of the archive whose route places it there (the inverse route)."""
+    by_archive: dict[str, dict[str, bytes]] = {a.name: {} for a in source.archives}
+    for path in sorted(p for p in twin.rglob("*") if p.is_file()):
+        relative = path.relative_to(twin).as_posix()
+        owner = next(
+            (
+                a
+                for a in source.archives
+                if a.kind != "file" and a.route(a.strip + relative.removeprefix(a.into)) == relative
+            ),
+            None,
+        )
+        assert owner is not None, f"no archive of {source.name} delivers {relative}"
+        by_archive[owner.name][owner.strip + relative.removeprefix(owner.into)] = path.read_bytes()
+    return by_archive
+
+
+def loaded(name: str, root: Path) -> tuple[list[str], bytes]:
+    dataset = load_dataset(name, root, SMOKE[name])
+    return [ref.image_id for ref in dataset.images()], pickle.dumps(list(dataset.samples()))
+
+
+def fetch(name: str, target: Path, server: Server, retry: RetryPolicy, source: DatasetSource, **kwargs) -> None:
+    lock = kwargs.pop("lock_path", target.parent / "datasets.lock.json")
+    fetch_dataset(name, target, {name: source}, lock, server.url, retry=retry, **kwargs)
+
+
+def assert_nothing_installed(target: Path) -> None:
+    assert not target.exists()
+    assert not list(target.parent.glob(f".{target.name}.*")), "a staging folder was left behind"
+
+
+# --- The whole path: download -> verify -> unpack -> load ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ["davis", "spair", "msrc", "refcoco", "coco_pool"])
+def test_served_twin_unpacks_into_what_the_loader_reads(tmp_path, server, retry, name):
+    twin = tmp_path / "twin"
+    write_synthetic(name, twin, SMOKE[name], seed=5)
+    source = unchecked(name)
+    for archive in source.archives:
+        server.files[archive.name] = pack(archive.kind, members_by_archive(source, twin)[archive.name])
+    server.files["distractor"] = b""
+    target = tmp_path / "real" / name
+    fetch(name, target, server, retry, source)
+    assert (target / COMPLETE_MARKER).exists()
+    assert loaded(name, target) == loaded(name, twin)
+    lock = read_lock(tmp_path / "real" / "datasets.lock.json")
+    assert sorted(lock) == sorted(f"{name}/{a.name}" for a in source.archives)
+    assert not (tmp_path / "real" / ".downloads" / name).exists(), "downloads are dropped once installed"
+
+
+def test_pascal_masks_are_built_from_voc_pngs_and_sbd_mat_files(tmp_path, server, retry):
+    twin = tmp_path / "twin"
+    write_synthetic("pascal5i", twin, SMOKE["pascal5i"], seed=5)
+    voc, sbd = {}, {}
+    masks = sorted((twin / "SegmentationClassAug").glob("*.png"))
+    for index, path in enumerate(masks):  # alternate: VOC's own PNG, SBD's MATLAB file
+        if index % 2:
+            voc[f"VOCdevkit/VOC2012/SegmentationClass/{path.name}"] = path.read_bytes()
+        else:
+            buffer = io.BytesIO()
+            savemat(buffer, {"GTcls": {"Segmentation": np.array(Image.open(path))}})
+            sbd[f"benchmark_RELEASE/dataset/cls/{path.stem}.mat"] = buffer.getvalue()
+    for path in sorted(p for p in twin.rglob("*") if p.is_file() and p.parent.name != "SegmentationClassAug"):
+        voc[f"VOCdevkit/VOC2012/{path.relative_to(twin).as_posix()}"] = path.read_bytes()
+    assert sbd and len(masks) > 1, "both sources must be exercised"
+    server.files = {"VOCtrainval_11-May-2012.tar": make_tar(voc), "benchmark.tgz": make_tar(sbd, "w:gz")}
+    target = tmp_path / "real" / "pascal5i"
+    fetch("pascal5i", target, server, retry, unchecked("pascal5i"))
+    assert loaded("pascal5i", target) == loaded("pascal5i", twin)
+
+
+def test_imagenet_s_takes_the_licensed_images_from_a_user_file(tmp_path, server, retry):
+    twin = tmp_path / "twin"
+    write_synthetic("imagenet_s", twin, SMOKE["imagenet_s"], seed=5)
+    images = {p.name: p.read_bytes() for p in (twin / "validation").glob("*/*.JPEG")}
+    images["ILSVRC2012_val_99999999.JPEG"] = b"not annotated by ImageNet-S: skipped"
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "val.tar").write_bytes(make_tar(images))
+    segmentation = {
+        f"ImageNetS50/{p.relative_to(twin).as_posix()}": p.read_bytes()
+        for p in twin.glob("validation-segmentation/*/*")
+    }
+    server.files = {
+        "ImageNetS50-a0fe9d82231f9bc4787ee76e304dfa51.zip": make_zip(segmentation),
+        "ImageNetS_categories_im50.txt": (twin / "ImageNetS_categories_im50.txt").read_bytes(),
+    }
+    user_files = {
+        "ILSVRC2012_img_val.tar": str(tmp_path / "user" / "val.tar"),
+        "LOC_synset_mapping.txt": str(twin / "LOC_synset_mapping.txt"),
+    }
+    target = tmp_path / "real" / "imagenet_s"
+    with pytest.raises(
+        DownloadError, match=r"user_files\): LOC_synset_mapping.txt .*; ILSVRC2012_img_val.tar \(ImageNet val needs"
+    ):
+        fetch("imagenet_s", target, server, retry, unchecked("imagenet_s"))
+    assert_nothing_installed(target)
+    assert server.requests == [], "the missing licensed file is reported before any download"
+    fetch("imagenet_s", target, server, retry, unchecked("imagenet_s"), user_files=user_files)
+    assert loaded("imagenet_s", target) == loaded("imagenet_s", twin)
+    assert not list(target.rglob("ILSVRC2012_val_99999999.JPEG"))
+    assert (tmp_path / "user" / "val.tar").exists(), "a user's file is never moved or deleted"
+
+
+# --- Resume, retries, checksums -----------------------------------------------------------------
+
+DAVIS_MEMBERS = {"DAVIS/ImageSets/2017/val.txt": b"clip\n", "DAVIS/JPEGImages/480p/clip/00000.jpg": b"x" * 5000}
+
+
+def davis_zip_source(**archive_fields) -> DatasetSource:
+    archive = Archive(name="davis.zip", urls=("http://unused.invalid/davis.zip",), kind="zip", strip="DAVIS/")
+    return DatasetSource(name="davis", archives=(dataclasses.replace(archive, **archive_fields),))
+
+
+def test_interrupted_download_resumes_with_a_range_request(tmp_path, server, sleeps):
+    body = make_zip(DAVIS_MEMBERS)
+    server.files["davis.zip"], server.drop["davis.zip"] = body, len(body) // 2
+    target = tmp_path / "real" / "davis"
+    once = RetryPolicy(attempts=1, timeout_seconds=5, sleep=sleeps.append)
+    with pytest.raises(DownloadError, match="davis.zip: download failed after 1 attempt"):
+        fetch("davis", target, server, once, davis_zip_source())
+    assert_nothing_installed(target)
+    partial = tmp_path / "real" / ".downloads" / "davis" / "davis.zip.partial"
+    assert partial.read_bytes() == body[: len(body) // 2], "the bytes received so far are kept"
+    fetch("davis", target, server, once, davis_zip_source())
+    assert server.requests == [("davis.zip", None), ("davis.zip", f"bytes={len(body) // 2}-")]
+    assert (target / "JPEGImages/480p/clip/00000.jpg").read_bytes() == b"x" * 5000
+
+
+def test_transient_failures_are_retried_with_exponential_backoff(tmp_path, server, retry, sleeps):
+    server.files["davis.zip"], server.fail["davis.zip"] = make_zip(DAVIS_MEMBERS), 2
+    fetch("davis", tmp_path / "davis", server, retry, davis_zip_source())
+    assert sleeps == [0.5, 1.0] and len(server.requests) == 3
+    assert (tmp_path / "davis" / COMPLETE_MARKER).exists()
+
+
+def test_a_missing_file_is_not_retried(tmp_path, server, retry, sleeps):
+    with pytest.raises(DownloadError, match="HTTP Error 404"):
+        fetch("davis", tmp_path / "davis", server, retry, davis_zip_source())
+    assert sleeps == [] and len(server.requests) == 1
+
+
+def test_checksum_mismatch_is_refused_and_the_bad_download_dropped(tmp_path, server, retry):
+    body = make_zip(DAVIS_MEMBERS)
+    server.files["davis.zip"] = body
+    target = tmp_path / "real" / "davis"
+    with pytest.raises(ChecksumError, match=r"davis.zip: md5 \w+ does not match the published 0{32}"):
+        fetch("davis", target, server, retry, davis_zip_source(md5="0" * 32))
+    assert_nothing_installed(target)
+    assert not (tmp_path / "real" / ".downloads" / "davis" / "davis.zip").exists()
+    fetch("davis", target, server, retry, davis_zip_source(md5=hashlib.md5(body).hexdigest()))
+    assert (target / COMPLETE_MARKER).exists()
+
+
+def test_truncated_archive_is_refused_and_not_pinned(tmp_path, server, retry):
+    body = make_tar(DAVIS_MEMBERS, "w:gz")
+    server.files["davis.zip"] = body[: len(body) // 2]
+    target = tmp_path / "real" / "davis"
+    with pytest.raises(DownloadError, match="davis.zip: corrupt or truncated archive"):
+        fetch("davis", target, server, retry, davis_zip_source(kind="tgz"))
+    assert_nothing_installed(target)
+    assert not (tmp_path / "real" / "datasets.lock.json").exists(), "a broken file must never become the pin"
+
+
+def link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+def device(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.CHRTYPE
+    return info
+
+
+@pytest.mark.parametrize(
+    ("members", "special", "message"),
+    [
+        ({"/etc/evil": b"x"}, (), "member '/etc/evil' has an absolute path"),
+        ({"DAVIS/../../evil": b"x"}, (), r"member 'DAVIS/../../evil' escapes the target with '..'"),
+        ({}, (link("DAVIS/out", "../../outside"),), r"symlink 'DAVIS/out' -> '../../outside' points outside"),
+        ({}, (link("DAVIS/abs", "/etc"),), "symlink 'DAVIS/abs' -> '/etc' points outside"),
+        ({}, (link("DAVIS/a", "."), link("DAVIS/a/up", "..")), r"symlink 'DAVIS/a/up' -> '..' points outside"),
+        ({"elsewhere": b"x"}, (link("DAVIS/hard", "elsewhere", tarfile.LNKTYPE),), "hardlink 'DAVIS/hard'"),
+        ({}, (device("DAVIS/tty"),), "member 'DAVIS/tty' is a device"),
+    ],
+)
+def test_members_escaping_the_target_are_refused(tmp_path, server, retry, members, special, message):
+    server.files["davis.zip"] = make_tar({**DAVIS_MEMBERS, **members}, special=special)
+    target = tmp_path / "real" / "davis"
+    with pytest.raises(UnsafeArchiveError, match=f"davis.zip: {message}"):
+        fetch("davis", target, server, retry, davis_zip_source(kind="tar"))
+    assert_nothing_installed(target)
+    assert sorted(p.name for p in tmp_path.rglob("*") if "outside" in p.name or "evil" in p.name) == []
+
+
+def test_zip_symlink_pointing_outside_is_refused(tmp_path, server, retry):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        info = zipfile.ZipInfo("DAVIS/out")
+        info.external_attr = 0o120777 << 16  # a symlink, its target as the content
+        archive.writestr(info, "../../outside")
+    server.files["davis.zip"] = buffer.getvalue()
+    with pytest.raises(UnsafeArchiveError, match="symlink 'DAVIS/out' -> '../../outside' points outside"):
+        fetch("davis", tmp_path / "real" / "davis", server, retry, davis_zip_source())
+
+
+# --- The lock file ------------------------------------------------------------------------------
+
+
+def test_lock_records_first_verifies_later_and_refuses_a_changed_file(tmp_path, server, retry):
+    body = make_zip(DAVIS_MEMBERS)
+    server.files["davis.zip"] = body
+    lock = tmp_path / "config" / "datasets.lock.json"
+    fetch("davis", tmp_path / "a" / "davis", server, retry, davis_zip_source(), lock_path=lock)
+    recorded = lock.read_bytes()
+    assert json.loads(recorded) == {
+        "files": {"davis/davis.zip": {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}},
+        "version": 1,
+    }
+    fetch("davis", tmp_path / "b" / "davis", server, retry, davis_zip_source(), lock_path=lock)
+    assert lock.read_bytes() == recorded, "a matching download leaves the lock byte-identical"
+    server.files["davis.zip"] = make_zip({**DAVIS_MEMBERS, "DAVIS/new.txt": b"changed upstream"})
+    with pytest.raises(LockMismatchError, match="davis.zip \\(davis/davis.zip\\) does not match"):
+        fetch("davis", tmp_path / "c" / "davis", server, retry, davis_zip_source(), lock_path=lock)
+    assert_nothing_installed(tmp_path / "c" / "davis")
+    assert lock.read_bytes() == recorded
+
+
+def test_complete_target_is_left_alone_and_a_foreign_folder_refused(tmp_path, server, retry):
+    server.files["davis.zip"] = make_zip(DAVIS_MEMBERS)
+    target = tmp_path / "davis"
+    fetch("davis", target, server, retry, davis_zip_source())
+    fetch("davis", target, server, retry, davis_zip_source())
+    assert len(server.requests) == 1
+    (tmp_path / "other").mkdir()
+    with pytest.raises(DownloadError, match="other exists but is not marked .complete"):
+        fetch("davis", tmp_path / "other", server, retry, davis_zip_source())
+
+
+# --- BLINK through the hub client ---------------------------------------------------------------
+
+
+def test_blink_is_pinned_to_a_commit_and_loads(tmp_path, monkeypatch, retry):
+    hub = SOURCES["blink"].hub
+    assert re.fullmatch(r"[0-9a-f]{40}", hub.revision), "a branch name would let the data drift"
+    twin = tmp_path / "twin"
+    write_synthetic("blink", twin, SMOKE["blink"], seed=5)
+    calls = []
+
+    def fake_snapshot_download(**kwargs):  # stands in for the hub: copies the twin's matching files
+        calls.append(kwargs)
+        for path in twin.rglob("*.parquet"):
+            relative = path.relative_to(twin)
+            if any(relative.match(pattern) for pattern in kwargs["allow_patterns"]):
+                (Path(kwargs["local_dir"]) / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, Path(kwargs["local_dir"]) / relative)
+        return str(kwargs["local_dir"])
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    target = tmp_path / "real" / "blink"
+    fetch_dataset("blink", target, lock_path=tmp_path / "lock.json", retry=retry)
+    assert [(c["repo_id"], c["revision"], c["repo_type"]) for c in calls] == [
+        ("BLINK-Benchmark/BLINK", hub.revision, "dataset")
+    ]
+    assert loaded("blink", target) == loaded("blink", twin)
+    assert all(key.startswith("blink/") and key.endswith(".parquet") for key in read_lock(tmp_path / "lock.json"))
+
+
+def test_blink_offline_gives_a_clear_error(tmp_path, monkeypatch, retry):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    target = tmp_path / "real" / "blink"
+    with pytest.raises(
+        DownloadError, match=r"BLINK-Benchmark/BLINK@[0-9a-f]{40} is not available locally. HF_HUB_OFFLINE"
+    ):
+        fetch_dataset("blink", target, lock_path=tmp_path / "lock.json", retry=retry)
+    assert_nothing_installed(target)

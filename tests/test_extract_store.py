@@ -1,0 +1,154 @@
+"""Extraction runner and feature store: exact round trip, resume, invalidation, bad inputs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import imagekv.extract as extract_module
+from imagekv.datasets import load_dataset
+from imagekv.datasets.synthetic import synthesize
+from imagekv.extract import extract
+from imagekv.features import FeatureStore
+from imagekv.images import ImageFileError, load_rgb
+from imagekv.models.registry import build_backbone
+
+REFCOCO = {"images": 5, "num_expressions": 12}
+
+
+@pytest.fixture(scope="module")
+def refcoco(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "refcoco"
+    synthesize("refcoco", root, REFCOCO, seed=3)
+    return root
+
+
+def make_spec(root: Path, model: str = "oracle", model_cfg: dict | None = None, **overrides) -> dict:
+    spec = {
+        "run": "test", "model": model, "model_cfg": model_cfg or {"grid": [4, 3]},
+        "dataset": "refcoco", "dataset_root": str(root), "dataset_cfg": {},
+        "prefix": "", "prefix_name": "none", "layers": "all", "store": ["values"],
+        "batch_size": 2, "device": "cpu", "dtype": "float32", "store_dtype": "float16", "images_per_shard": 2,
+    }
+    return {**spec, **overrides}
+
+
+def store_bytes(manifest: Path) -> dict[str, bytes]:
+    """Every file of a store (manifest and shards) by relative path."""
+    files = [manifest, *sorted((manifest.parent / "shards").iterdir())]
+    return {str(path.relative_to(manifest.parent)): path.read_bytes() for path in files}
+
+
+@pytest.mark.parametrize(
+    "model, model_cfg", [("oracle", {"grid": [4, 3], "noise_std": 0.1}), ("siglip", {"source": "tiny"})]
+)
+def test_store_returns_exactly_what_the_backbone_gave_in_fp16(refcoco, tmp_path, model, model_cfg):
+    spec = make_spec(refcoco, model, model_cfg)
+    extract(spec, tmp_path / "manifest.json")
+    store = FeatureStore(tmp_path / "manifest.json", open_shards=1)  # every shard change evicts
+    dataset = load_dataset("refcoco", refcoco, {})
+    backbone = build_backbone(model, model_cfg, device="cpu", dtype=torch.float32, dataset=dataset)
+    refs = dataset.images()
+    assert store.image_ids == tuple(ref.image_id for ref in refs) and len(refs) > 2
+    outputs = backbone.encode_with_ids([load_rgb(ref.path) for ref in refs], [ref.image_id for ref in refs])
+    for ref, output in zip(refs, outputs):
+        got = store.features(ref.image_id, "values")
+        assert got.dtype == torch.float32
+        assert torch.equal(got, output.values.half().float())
+        assert store.grid(ref.image_id) == output.grid
+        assert store.layers == output.layers
+    texts = sorted(dataset.texts())
+    if model == "oracle":
+        expected = backbone.encode_text(texts).half().float()
+        assert torch.equal(torch.stack([store.text(text) for text in texts]), expected)
+    else:
+        with pytest.raises(KeyError, match="no text tokens"):
+            store.text(texts[0])
+
+
+def test_stored_bytes_are_the_same_every_run(refcoco, tmp_path):
+    spec = make_spec(refcoco)
+    extract(spec, tmp_path / "a" / "manifest.json")
+    extract(spec, tmp_path / "b" / "manifest.json")
+    assert store_bytes(tmp_path / "a" / "manifest.json") == store_bytes(tmp_path / "b" / "manifest.json")
+
+
+def test_resume_after_a_crash_extracts_only_the_missing_images(refcoco, tmp_path, monkeypatch):
+    spec = make_spec(refcoco, "noise", {"grid": [4, 3], "width": 16})
+    manifest = tmp_path / "resumed" / "manifest.json"
+    save_shard = extract_module._save_shard
+    saved = []
+
+    def crash_after_first_shard(path, tensors, meta):
+        if saved:
+            raise RuntimeError("simulated crash")
+        saved.append(path.name)
+        save_shard(path, tensors, meta)
+
+    monkeypatch.setattr(extract_module, "_save_shard", crash_after_first_shard)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract(spec, manifest)
+    assert not manifest.exists() and saved == ["00000.safetensors"]
+    first_shard = (manifest.parent / "shards" / saved[0]).stat().st_mtime_ns
+    monkeypatch.setattr(extract_module, "_save_shard", save_shard)
+
+    decoded = []
+    monkeypatch.setattr(extract_module, "load_rgb", lambda path: decoded.append(path.stem) or load_rgb(path))
+    extract(spec, manifest)
+    all_ids = FeatureStore(manifest).image_ids
+    assert decoded == list(all_ids[2:])  # the first shard's two images are not extracted again
+    assert (manifest.parent / "shards" / saved[0]).stat().st_mtime_ns == first_shard
+
+    extract(spec, tmp_path / "fresh" / "manifest.json")
+    assert store_bytes(manifest) == store_bytes(tmp_path / "fresh" / "manifest.json")
+
+
+def test_a_changed_spec_or_changed_image_clears_the_shards(refcoco, tmp_path):
+    manifest = tmp_path / "store" / "manifest.json"
+    extract(make_spec(refcoco, "noise", {"seed": 1}), manifest)
+    changed = make_spec(refcoco, "noise", {"seed": 2})
+    extract(changed, manifest)
+    extract(changed, tmp_path / "fresh" / "manifest.json")
+    assert store_bytes(manifest) == store_bytes(tmp_path / "fresh" / "manifest.json")
+
+    root = tmp_path / "refcoco"
+    shutil.copytree(refcoco, root)
+    extract(make_spec(root, "siglip", {"source": "tiny"}), manifest)
+    first_id = FeatureStore(manifest).image_ids[0]
+    image_path = next(root.rglob(f"{first_id}.jpg"))
+    Image.open(image_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image_path)
+    before = FeatureStore(manifest).features(first_id, "values")
+    extract(make_spec(root, "siglip", {"source": "tiny"}), manifest)
+    assert not torch.equal(FeatureStore(manifest).features(first_id, "values"), before)
+
+
+def test_a_bad_image_file_is_named_and_no_manifest_is_written(refcoco, tmp_path):
+    root = tmp_path / "refcoco"
+    shutil.copytree(refcoco, root)
+    manifest = tmp_path / "store" / "manifest.json"
+    extract(make_spec(root), manifest)
+    victim = sorted(root.rglob("*.jpg"))[-1]
+    victim.write_bytes(victim.read_bytes()[:200])
+    with pytest.raises(ImageFileError, match=str(victim)):
+        extract(make_spec(root), manifest)
+    assert not manifest.exists()
+
+
+def test_a_too_small_image_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "tiny.png"
+    Image.new("L", (40, 8)).save(path)
+    with pytest.raises(ImageFileError, match="tiny.png is 40x8"):
+        load_rgb(path)
+    assert load_rgb(path, min_side=8).mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    "key, value", [("device", "tpu"), ("dtype", "int8"), ("store", ["logits"]), ("images_per_shard", 0)]
+)
+def test_bad_spec_values_are_named(refcoco, tmp_path, key, value):
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        extract(make_spec(refcoco, **{key: value}), tmp_path / "manifest.json")

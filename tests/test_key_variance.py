@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from imagekv.interventions.key_variance import KeyStatistics, KeyVarianceConfig
+
+
+def test_hand_computed_small_case():
+    # 3 images, 1 layer, 3 positions, 2 dims.
+    keys = torch.tensor(
+        [
+            [[[1.0, 0.0], [0.0, 0.0], [2.0, 2.0]]],
+            [[[3.0, 0.0], [0.0, 2.0], [2.0, 2.0]]],
+            [[[5.0, 0.0], [0.0, 4.0], [2.0, 2.1]]],
+        ]
+    )
+    stats = KeyStatistics(layers=[7])
+    stats.update(keys)
+    result = stats.result()
+    # Population variances summed over dims: p0 = Var(1,3,5) = 8/3, p1 = Var(0,2,4) = 8/3,
+    # p2 = Var(2,2,2.1) = 0.02/9 (deviations -1/30, -1/30, 2/30). Median = 8/3.
+    expected_total = torch.tensor([[8 / 3, 8 / 3, 0.02 / 3 / 3]], dtype=torch.float64)
+    assert torch.allclose(result.total_variance, expected_total)
+    assert torch.allclose(result.nu, expected_total / (8 / 3))
+    # Position 0 always points along +x: mean pairwise cosine 1. Position 1 has a zero vector in
+    # image 0 (normalize keeps it zero): pairs (1,2) cos 1, pairs with image 0 cos 0 -> 2/6.
+    assert result.mean_cosine[0, 0].item() == pytest.approx(1.0)
+    assert result.mean_cosine[0, 1].item() == pytest.approx(2 / 6)
+    assert result.flags(0.1).tolist() == [[False, False, True]]
+    assert result.first_layer(0.1, 0.01) == 7
+
+
+def test_constant_position_is_flagged_and_streaming_matches_one_batch():
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(40, 3, 16, 8, generator=generator)
+    keys[:, 2, 5] = torch.randn(8, generator=generator)  # layer 2, position 5: same key in every image
+    values = torch.randn(40, 3, 16, 4, generator=generator)
+    values[:, 2, 5] *= 10  # a high-norm artifact value
+
+    streamed = KeyStatistics(layers=[0, 1, 2])
+    for start in range(0, 40, 7):  # uneven batches
+        streamed.update(keys[start : start + 7], values[start : start + 7])
+    whole = KeyStatistics(layers=[0, 1, 2])
+    whole.update(keys, values)
+    a, b = streamed.result(), whole.result()
+    assert torch.allclose(a.nu, b.nu) and torch.allclose(a.mean_cosine, b.mean_cosine)
+
+    expected_variance = keys.double().var(dim=0, unbiased=False).sum(dim=-1)
+    assert torch.allclose(a.total_variance, expected_variance)
+    flags = a.flags(0.1)
+    assert flags.nonzero().tolist() == [[2, 5]]
+    assert a.cosine_flags(0.95).nonzero().tolist() == [[2, 5]]
+    assert a.first_layer(0.1, 0.01) == 2
+    assert a.first_layer(0.1, 0.5) is None
+
+    blocked = a.blocked_positions(0.1, 0.01, block_starts=[100, 300])
+    assert list(blocked) == [2] and blocked[2].tolist() == [105, 305]
+
+    summary = a.summary(KeyVarianceConfig())
+    assert summary["flagged_count"] == [0, 0, 1]
+    assert summary["flagged_fraction"][2] == pytest.approx(1 / 16)
+    assert summary["value_norm"]["flagged"][:2] == [None, None]
+    assert summary["value_norm"]["flagged"][2] > summary["value_norm"]["unflagged"][2]
+    assert set(summary["sweep"]) == {"0.05", "0.1", "0.2"}
+
+
+def test_layout_change_and_unknown_config_key_are_refused():
+    stats = KeyStatistics(layers=[0])
+    stats.update(torch.zeros(2, 1, 4, 2))
+    with pytest.raises(ValueError, match="token layout changed"):
+        stats.update(torch.zeros(2, 1, 5, 2))
+    with pytest.raises(KeyError, match="interventions.key_variance"):
+        KeyVarianceConfig.from_config({"taus": [0.1]})
+    assert KeyVarianceConfig.from_config({"tau_sweep": [0.3]}).tau_sweep == (0.3,)

@@ -1,0 +1,175 @@
+"""The three MLM adapters on their tiny twins: image KV read exactly as the model's own cache holds it."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imagekv.models.registry import build_backbone
+from imagekv.models.vlm import crop_map_shape
+
+MODELS = ("llava_onevision", "qwen2_5_vl", "llava_next")
+
+
+def _image(seed: int, size=(40, 56)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8))
+
+
+def _backbone(name: str, **cfg):
+    return build_backbone(name, {"source": "tiny", "fixed_grid": 4, **cfg}, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def backbone(request):
+    return _backbone(request.param)
+
+
+def _plain_forward(backbone, image, prefix=""):
+    """The model's own forward on the adapter's inputs, and the mask of the image positions."""
+    inputs = backbone.model_inputs(image, prefix)
+    with torch.no_grad():
+        out = backbone.model(**inputs, use_cache=True)
+    return out.past_key_values, inputs["input_ids"][0] == backbone.processor.image_token_id
+
+
+def test_keys_and_values_equal_the_models_own_past_key_values(backbone):
+    image = _image(0)
+    (output,) = backbone.encode([image])
+    cache, is_image = _plain_forward(backbone, image)
+    rows, cols = output.grid.rows, output.grid.cols
+    assert output.layers == tuple(range(backbone.num_layers)) and backbone.num_layers == 4
+    for layer in range(backbone.num_layers):
+        for name, stored in (("keys", output.keys), ("values", output.values)):
+            entry = getattr(cache.layers[layer], name)[0]  # [kv_heads, seq, head_dim]
+            image_tokens = entry[:, is_image][:, : rows * cols]  # the grid tokens lead the image run
+            expected = torch.cat(list(image_tokens), dim=-1)  # heads side by side
+            got = stored[layer].reshape(rows * cols, -1)
+            assert got.dtype == expected.dtype and torch.equal(got, expected), (name, layer)
+    assert output.values.shape == (4, rows, cols, 2 * 16)
+
+
+def test_selected_layers_are_the_same_numbers(backbone):
+    image = _image(1)
+    (full,) = backbone.encode([image])
+    (some,) = backbone.encode([image], layers=[1, 3])
+    assert some.layers == (1, 3)
+    assert torch.equal(some.values, full.values[[1, 3]]) and torch.equal(some.keys, full.keys[[1, 3]])
+
+
+def test_the_prompt_is_the_template_header_then_prefix_then_image(backbone):
+    header = backbone.header
+    assert header.endswith("user\n") or header.endswith("user<|end_header_id|>\n\n")
+    assert backbone.prompt_text("Look: ") == header + "Look: " + backbone.image_markup
+
+
+def test_a_prefix_changes_the_image_kv_and_text_after_the_image_does_not(backbone):
+    image = _image(2)
+    (plain,) = backbone.encode([image])
+    (prefixed,) = backbone.encode([image], prefix="Find the dog. ")
+    assert not torch.allclose(plain.values[1:], prefixed.values[1:])
+    # Causality: a question after the image leaves the image's cache entries as they were.
+    inputs = backbone.processor(
+        text=backbone.prompt_text() + "What is this?", images=[backbone.prepare_image(image)],
+        return_tensors="pt", add_special_tokens=False,
+    )
+    with torch.no_grad():
+        cache = backbone.model(**inputs, use_cache=True).past_key_values
+    rows, cols = plain.grid.rows, plain.grid.cols
+    is_image = inputs["input_ids"][0] == backbone.processor.image_token_id
+    values = torch.cat(list(cache.layers[2].values[0][:, is_image][:, : rows * cols]), dim=-1)
+    assert torch.allclose(values, plain.values[2].reshape(rows * cols, -1), atol=1e-6)
+
+
+def test_projection_is_the_lm_input_at_the_grid_tokens(backbone):
+    image = _image(3)
+    (output,) = backbone.encode([image])
+    inputs = backbone.model_inputs(image)
+    with torch.no_grad():
+        embeddings = backbone.model(**inputs, output_hidden_states=True).hidden_states[0][0]
+    is_image = inputs["input_ids"][0] == backbone.processor.image_token_id
+    n = output.grid.rows * output.grid.cols
+    assert torch.equal(output.projection.reshape(n, -1), embeddings[is_image][:n])
+    assert output.projection.shape[-1] == backbone.model.config.get_text_config().hidden_size
+
+
+def test_pre_rope_keys_are_k_proj_of_the_normed_hidden_state(backbone):
+    image = _image(4)
+    pre = _backbone(backbone.name, keys="pre_rope")
+    (output,) = pre.encode([image])
+    inputs = pre.model_inputs(image)
+    with torch.no_grad():
+        hidden = pre.model(**inputs, output_hidden_states=True).hidden_states
+    is_image = inputs["input_ids"][0] == pre.processor.image_token_id
+    n = output.grid.rows * output.grid.cols
+    for layer_index, layer in enumerate(pre.decoder_layers):
+        with torch.no_grad():
+            expected = layer.self_attn.k_proj(layer.input_layernorm(hidden[layer_index][0]))[is_image][:n]
+        assert torch.allclose(output.keys[layer_index].reshape(n, -1), expected, atol=1e-5)
+    (post,) = backbone.encode([image])
+    assert torch.equal(output.values, post.values) and not torch.allclose(output.keys[1], post.keys[1])
+
+
+def test_text_values_are_the_last_text_token_of_the_cache(backbone):
+    values = backbone.encode_text(["a cat", "the red car on the left"], layers=[0, 2])
+    assert values.shape == (2, 2, 32)
+    ids = backbone.processor.tokenizer(backbone.header + "a cat", add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        cache = backbone.model(**ids, use_cache=True).past_key_values
+    assert torch.equal(values[0, 1], torch.cat(list(cache.layers[2].values[0][:, -1])))
+
+
+def test_base_view_grid_is_fixed_and_covers_the_whole_image():
+    for name, side in (("llava_onevision", 8), ("llava_next", 8), ("qwen2_5_vl", 4)):
+        backbone = _backbone(name)
+        grids = [backbone.encode([_image(5, size)])[0].grid for size in ((40, 56), (90, 30), (64, 64))]
+        assert [(g.rows, g.cols) for g in grids] == [(side, side)] * 3
+        assert (grids[1].height, grids[1].width) == (90, 30)
+
+
+def test_qwen_native_resolution_follows_the_image_aspect():
+    backbone = _backbone("qwen2_5_vl", resolution="native")
+    (output,) = backbone.encode([_image(6, (56, 112))])
+    assert (output.grid.rows, output.grid.cols) == (2, 4)
+
+
+@pytest.mark.parametrize("name", ["llava_onevision", "llava_next"])
+def test_crop_view_skips_exactly_the_newline_tokens(name):
+    """The projection at every position the crop view skips is the model's own image_newline."""
+    backbone = _backbone(name, view="crops")
+    image = _image(7, (60, 150))  # wide: crops two across
+    (output,) = backbone.encode([image])
+    inputs = backbone.model_inputs(image)
+    with torch.no_grad():
+        embeddings = backbone.model(**inputs, output_hidden_states=True).hidden_states[0][0]
+    image_rows = embeddings[inputs["input_ids"][0] == backbone.processor.image_token_id]
+    crop_rows = image_rows[backbone.side**2 :]
+    newline = backbone.model.model.image_newline
+    is_newline = torch.tensor([torch.equal(row, newline) for row in crop_rows])
+    rows, cols = output.grid.rows, output.grid.cols
+    assert cols > rows and int(is_newline.sum()) == rows
+    assert torch.equal(output.projection.reshape(rows * cols, -1), crop_rows[~is_newline])
+
+
+def test_crop_map_shape_picks_the_factorisation_nearest_the_aspect():
+    assert crop_map_shape(8 * 17, 2.0) == (8, 16)
+    assert crop_map_shape(16 * 9, 0.5) == (16, 8)
+    with pytest.raises(ValueError, match="view: base"):
+        crop_map_shape(1, 1.0)
+
+
+def test_bad_config_keys_are_named():
+    with pytest.raises(ValueError, match="'keys'"):
+        _backbone("llava_onevision", keys="sideways")
+    with pytest.raises(ValueError, match="'view'"):
+        _backbone("llava_next", view="tiles")
+    with pytest.raises(ValueError, match="'resolution'"):
+        _backbone("qwen2_5_vl", resolution="huge")
+    with pytest.raises(ValueError, match="'source'"):
+        _backbone("qwen2_5_vl", source="disk")
+
+
+def test_every_build_of_a_twin_is_the_same_model():
+    first, second = _backbone("llava_next"), _backbone("llava_next")
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name
