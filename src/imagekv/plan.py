@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 # Representations an MLM's feature store holds; references and calibration backbones store only values.
 MLM_REPRESENTATIONS = ("values", "keys", "projection")
+# Probes that score image features against text-token values (SPEC T3, T4).
+TEXT_QUERY_TASKS = ("semantic_seg", "referring_seg")
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,20 @@ def task_of_dataset(config: dict, dataset: str) -> str:
     return matches[0]
 
 
+def is_probed(entry: BackboneEntry, task: str, representation: str) -> bool:
+    """Text-query probes need text values in the same space as the image features: the MLM's own
+    values and the calibration backbones have them; the projection, keys and SigLIP do not."""
+    if task not in TEXT_QUERY_TASKS:
+        return True
+    return entry.kind == "calibration" or (entry.kind == "mlm" and representation == "values")
+
+
 def probe_targets(config: dict, prefix: str = "none") -> list[str]:
     run = config["run"]
     return sorted(
         probe_path(run, entry.name, section["dataset"], prefix, representation)
         for entry in backbones(config).values()
-        for section in tasks(config).values()
+        for task, section in tasks(config).items()
         for representation in entry.representations
+        if is_probed(entry, task, representation)
     )
