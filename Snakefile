@@ -6,7 +6,11 @@
 # Rules are thin: each one calls `python -m imagekv <command>`; all logic lives in src/imagekv.
 
 
-configfile: "config/config.yaml"
+# The smoke config only when no --configfile is given: Snakemake deep-merges config files, and a
+# paper run must not inherit smoke values for keys it leaves out.
+if not config:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -1,64 +1,60 @@
-"""The workflow as a user runs it: lint, format, and the smoke run end to end in a fresh copy."""
-
-import shutil
-import subprocess
-import sys
-from pathlib import Path
+"""The workflow as a user runs it: lint, format, both configs' DAGs, and the smoke run end to end."""
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SNAKEMAKE = [str(BIN / "snakemake")]
-# Outputs and local state never copied into the fresh working copy.
-NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", ".snakemake", "results", "logs", "data", "__pycache__", "*.egg-info", ".pytest_cache", "report.html")
-
-
-def run(args, cwd, timeout=1800):
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+from workflow_runs import BIN, ROOT, failure_details, fresh_copy, jobs_run, reference_run, run_tool, snakemake  # noqa: F401
 
 
 def test_lint_is_clean():
-    result = run(SNAKEMAKE + ["--lint"], ROOT)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = snakemake(["--lint"], ROOT, timeout=120)
+    assert result.returncode == 0, failure_details(result)
 
 
 def test_snakefmt_is_clean():
-    result = run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/"], ROOT)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_tool([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/"], ROOT)
+    assert result.returncode == 0, failure_details(result)
 
 
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """A copy of the project (no outputs) after one `snakemake --cores all`."""
-    workdir = tmp_path_factory.mktemp("smoke") / "project"
-    shutil.copytree(ROOT, workdir, ignore=NOT_SOURCES, ignore_dangling_symlinks=True)
-    for stale in ("figures", "paper_tables"):
-        for sub in (workdir / stale).glob("*/"):
-            shutil.rmtree(sub)
-    result = run(SNAKEMAKE + ["--cores", "all"], workdir)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return workdir
+def test_paper_run_downloads_real_data_and_takes_nothing_from_the_smoke_config(tmp_path):
+    result = snakemake(
+        ["--dry-run", "--printshellcmds", "--configfile", "config/paper.yaml"], fresh_copy(tmp_path / "project"), timeout=120
+    )
+    assert result.returncode == 0, failure_details(result)
+    jobs = jobs_run(result)
+    assert jobs["download_dataset"] == 6 and "synthesize_dataset" not in jobs
+    assert "results/paper/" in result.stdout and "results/smoke/" not in result.stdout
+    assert '"source":"tiny"' not in result.stdout and '"source":"synthetic"' not in result.stdout
 
 
-@pytest.mark.slow
-def test_smoke_run_writes_figures_and_tables(smoke_run):
-    figures = sorted(p.name for p in (smoke_run / "figures" / "smoke").iterdir())
-    tables = sorted(p.name for p in (smoke_run / "paper_tables" / "smoke").iterdir())
-    assert "layerwise_probes.png" in figures and "layerwise_probes.pdf" in figures
-    assert {"best_layers.csv", "best_layers.md", "best_layers.tex"} <= set(tables)
-    assert "smoke scale" in (smoke_run / "paper_tables" / "smoke" / "best_layers.md").read_text()
+def test_a_wrong_config_key_stops_the_run_naming_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "config" / "config.yaml").read_text().replace("batch_size: 4", "batch_sise: 4"))
+    result = snakemake(["--dry-run", "--configfile", str(bad)], ROOT, timeout=120)
+    assert result.returncode != 0
+    assert "extraction.batch_sise: unknown key" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
-def test_second_run_has_nothing_to_do(smoke_run):
-    result = run(SNAKEMAKE + ["--cores", "all", "--dry-run"], smoke_run)
-    assert result.returncode == 0, result.stderr
+def test_smoke_run_writes_figures_and_tables_stamped_smoke(reference_run):  # noqa: F811
+    project, _ = reference_run
+    figures = {p.name for p in (project / "figures" / "smoke").iterdir()}
+    tables = {p.name for p in (project / "paper_tables" / "smoke").iterdir()}
+    assert {"layerwise_probes.png", "layerwise_probes.pdf"} <= figures
+    assert {"best_layers.csv", "best_layers.md", "best_layers.tex"} <= tables
+    assert "smoke scale" in (project / "paper_tables" / "smoke" / "best_layers.md").read_text()
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do(reference_run):  # noqa: F811
+    project, _ = reference_run
+    result = snakemake(["--cores", "all", "--dry-run"], project, timeout=120)
+    assert result.returncode == 0, failure_details(result)
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
-def test_report_builds(smoke_run):
-    result = run(SNAKEMAKE + ["--report", "report.html"], smoke_run)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (smoke_run / "report.html").stat().st_size > 10_000
+def test_report_builds(reference_run):  # noqa: F811
+    project, _ = reference_run
+    result = snakemake(["--report", "report.html"], project, timeout=300)
+    assert result.returncode == 0, failure_details(result)
+    assert (project / "report.html").stat().st_size > 10_000

@@ -1,7 +1,8 @@
 """Fresh copies of the project and the runs the slow end-to-end tests share.
 
-`reference_run` (session fixture) is one clean `snakemake --cores all` in a fresh copy: the Slurm,
-crash-safety and reviewer tests compare their outputs with it byte for byte.
+`reference_run` (session fixture) is one clean `snakemake --cores all` in a fresh copy, the only
+full smoke run of the test session: the workflow tests read its outputs, and the Slurm,
+crash-safety and reviewer tests compare theirs with it byte for byte.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ def output_digests(root: Path) -> dict[str, str]:
     return digests
 
 
-def differing_outputs(expected: Path, actual: Path) -> list[str]:
-    """Output files missing on one side or with different bytes."""
+def differing_outputs(expected: Path, actual: Path, only: list[str] | None = None) -> list[str]:
+    """Output files (all, or the paths in `only`) missing on one side or with different bytes."""
     want, got = output_digests(expected), output_digests(actual)
-    return sorted(path for path in want.keys() | got.keys() if want.get(path) != got.get(path))
+    paths = want.keys() | got.keys() if only is None else set(only)
+    return sorted(path for path in paths if want.get(path) != got.get(path))
 
 
 def failure_details(result: subprocess.CompletedProcess) -> str:

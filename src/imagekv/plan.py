@@ -55,8 +55,14 @@ def probe_path(run: str, backbone: str, dataset: str, prefix: str, representatio
 
 
 def dataset_spec(config: dict, dataset: str) -> dict:
-    section = dict(config["datasets"][dataset])
+    """The dataset's loader settings (and, for synthetic data, the generator's)."""
+    section = {k: v for k, v in config["datasets"][dataset].items() if k != "user_files"}
     return {"dataset": dataset, "source": section.pop("source"), "cfg": section, "seed": config["seed"]}
+
+
+def download_spec(config: dict, dataset: str) -> dict:
+    """What `python -m imagekv download` needs: the dataset and the files only the user can supply."""
+    return {"dataset": dataset, "user_files": config["datasets"][dataset].get("user_files", {})}
 
 
 def extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> dict:
