@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -15,10 +16,14 @@ from typing import Any
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
 
-    The temporary file lives in the same directory so the final `os.replace` is atomic.
+    The temporary file lives in the same directory so the final `os.replace` is atomic. Leftovers of
+    a writer killed before its rename (SIGKILL skips the cleanup below) are removed first: one job
+    writes each target, so they can only be stale.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
