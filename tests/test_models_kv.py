@@ -173,3 +173,33 @@ def test_every_build_of_a_twin_is_the_same_model():
     first, second = _backbone("llava_next"), _backbone("llava_next")
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def _without_vision_attention(backbone):
+    """Zero the output projection of every attention block of the vision tower: each patch is then
+    encoded on its own, so a token's projector output depends on its own pixels only."""
+    for name, module in backbone.model.named_modules():
+        if ("vision_tower" in name or "visual" in name) and name.endswith(("self_attn.out_proj", "attn.proj")):
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+    return backbone
+
+
+@pytest.mark.parametrize("name, cell", [("llava_onevision", 24), ("llava_next", 24), ("qwen2_5_vl", 56)])
+def test_changing_one_grid_cell_changes_its_token_only(name, cell):
+    """Images twice the model's grid resolution: grid cell (r, c) is the square of side `cell` at
+    (r*cell, c*cell). Repainting the inside of one cell (a margin keeps the resize kernel inside it)
+    changes the projector output at token (r, c) of the grid, and no other token."""
+    backbone = _without_vision_attention(_backbone(name))
+    side = 8 if name != "qwen2_5_vl" else 4
+    pixels = np.random.default_rng(8).integers(0, 256, size=(side * cell, side * cell, 3), dtype=np.uint8)
+    row, col, margin = 2, 3, cell // 4
+    repainted = pixels.copy()
+    repainted[row * cell + margin : (row + 1) * cell - margin, col * cell + margin : (col + 1) * cell - margin] = 255 - (
+        repainted[row * cell + margin : (row + 1) * cell - margin, col * cell + margin : (col + 1) * cell - margin]
+    )
+    before, after = (backbone.encode([Image.fromarray(p)])[0].projection for p in (pixels, repainted))
+    changed = (before != after).any(dim=-1)
+    expected = torch.zeros(side, side, dtype=torch.bool)
+    expected[row, col] = True
+    assert torch.equal(changed, expected)
