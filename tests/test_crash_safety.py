@@ -24,8 +24,8 @@ def _any_file(pattern: str) -> Callable[[Path], bool]:
 
 
 def _extraction_half_done(project: Path) -> bool:
-    """A feature shard is on disk but not yet its manifest (written last)."""
-    return any(path.name != "manifest.json" for path in project.glob("results/smoke/*/*/features/*/*"))
+    """A feature shard is on disk in a store still being written (its staging folder)."""
+    return next(project.glob("results/smoke/*/*/features/.*.partial/shards/0*.safetensors"), None) is not None
 
 
 # Each kill point, in workflow order: the moment the condition first holds in a run resumed after

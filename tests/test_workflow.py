@@ -2,7 +2,17 @@
 
 import pytest
 
-from workflow_runs import BIN, ROOT, failure_details, fresh_copy, jobs_run, reference_run, run_tool, snakemake  # noqa: F401
+from workflow_runs import (  # noqa: F401
+    BIN,
+    ROOT,
+    failure_details,
+    fresh_copy,
+    jobs_run,
+    reference_run,
+    run_tool,
+    snakemake,
+    tool_env,
+)
 
 
 def test_lint_is_clean():
@@ -58,3 +68,23 @@ def test_report_builds(reference_run):  # noqa: F811
     result = snakemake(["--report", "report.html"], project, timeout=300)
     assert result.returncode == 0, failure_details(result)
     assert (project / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_extraction_is_taken_from_the_between_workflow_cache(tmp_path):
+    """A second clone with the same spec and data takes the feature store from the shared cache
+    instead of running the extraction job."""
+    target = "results/smoke/oracle/pascal5i/features/none"
+    (tmp_path / "cache").mkdir()
+    env = {**tool_env(), "SNAKEMAKE_OUTPUT_CACHE": str(tmp_path / "cache")}
+    projects = [fresh_copy(tmp_path / name) for name in ("first", "second")]
+    for project in projects:
+        result = snakemake([target, "--cores", "all", "--cache"], project, env=env, timeout=300)
+        assert result.returncode == 0, failure_details(result)
+    first, second = projects
+    log = "logs/smoke/extract/oracle/pascal5i/none.log"
+    assert (first / log).stat().st_size > 0 and (second / log).stat().st_size == 0  # the job never ran
+    stored = sorted(path.relative_to(first / target) for path in (first / target).rglob("*") if path.is_file())
+    assert len(stored) >= 3  # manifest, shards/spec.json, a shard
+    for path in stored:  # the second clone's outputs are links into the cache: read through them
+        assert (second / target / path).read_bytes() == (first / target / path).read_bytes(), path

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from tqdm import tqdm
 from imagekv.config import canonical_json, spec_hash
 from imagekv.datasets import load_dataset
 from imagekv.datasets.schema import Dataset
-from imagekv.features import SHARD_DIR, image_tensor_name, text_tensor_name
+from imagekv.features import MANIFEST, SHARD_DIR, image_tensor_name, text_tensor_name
 from imagekv.images import load_rgb
 from imagekv.io import atomic_path, write_json
 from imagekv.models.base import Backbone
@@ -70,6 +72,20 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device == "cuda" else torch.float32
     return _dtype(dtype, "dtype")
+
+
+def extract_store(spec: dict, store_dir: Path) -> None:
+    """Extract into a staging folder beside `store_dir`, then rename it onto `store_dir`.
+
+    Snakemake deletes an unfinished job's output folder before rerunning it; the staging folder
+    survives, so a rerun after a crash keeps the finished shards and resumes.
+    """
+    store_dir = Path(store_dir)
+    staging = store_dir.with_name(f".{store_dir.name}.partial")
+    extract(spec, staging / MANIFEST)
+    if store_dir.exists():
+        shutil.rmtree(store_dir)
+    os.replace(staging, store_dir)
 
 
 def extract(spec: dict, manifest_path: Path) -> None:

@@ -17,6 +17,7 @@ from imagekv.grid import TokenGrid
 from imagekv.io import read_json
 
 SHARD_DIR = "shards"  # beside the manifest
+MANIFEST = "manifest.json"
 PROJECTION_LAYER = -1  # layer label of the projector output: the LM's input, before layer 0
 
 
@@ -29,8 +30,10 @@ def text_tensor_name(text: str) -> str:
 
 
 class FeatureStore:
-    def __init__(self, manifest_path: str | Path, open_shards: int = 4):
-        self.manifest_path = Path(manifest_path)
+    def __init__(self, path: str | Path, open_shards: int = 4):
+        """`path`: a store's folder (as the extraction rule outputs it) or its manifest."""
+        path = Path(path)
+        self.manifest_path = path / MANIFEST if path.is_dir() else path
         self.meta: dict = read_json(self.manifest_path)
         self.layers: tuple[int, ...] = tuple(self.meta["layers"])
         self.image_ids: tuple[str, ...] = tuple(sorted(self.meta["images"]))

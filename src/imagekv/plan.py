@@ -47,7 +47,8 @@ def dataset_root(config: dict, dataset: str) -> str:
 
 
 def features_path(run: str, backbone: str, dataset: str, prefix: str) -> str:
-    return f"results/{run}/{backbone}/{dataset}/features/{prefix}/manifest.json"
+    """The feature store's folder (manifest.json and shards/), one Snakemake directory output."""
+    return f"results/{run}/{backbone}/{dataset}/features/{prefix}"
 
 
 def probe_path(run: str, backbone: str, dataset: str, prefix: str, representation: str) -> str:

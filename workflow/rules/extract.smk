@@ -1,14 +1,17 @@
 # KV extraction: one forward pass per image; image keys/values of the selected LM layers and the
-# projector output, stored as fp16 safetensors shards. Resumes after a crash.
+# projector output, stored as fp16 safetensors shards. Resumes after a crash. Eligible for
+# Snakemake's between-workflow cache (`--cache`, see the README): its key covers this command, the
+# job spec and the upstream data steps.
 
 
 rule extract_features:
     input:
         dataset_input,
     output:
-        plan.features_path("{run}", "{backbone}", "{dataset}", "{prefix}"),
+        directory(plan.features_path("{run}", "{backbone}", "{dataset}", "{prefix}")),
     log:
         "logs/{run}/extract/{backbone}/{dataset}/{prefix}.log",
+    cache: True
     conda:
         "../../envs/models.yaml"
     threads: 2
