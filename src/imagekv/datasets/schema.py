@@ -105,12 +105,15 @@ class OracleTruth:
 
     `labels` is an int map of the image (H, W) whose ids name the same thing across images of the
     dataset (a class, an object instance, a keypoint region); `text_ids` maps a query text to the
-    id it refers to.
+    id it refers to. `landmarks`, for keypoint datasets, maps an id to its point (x, y) in pixels:
+    the oracle adds one channel per id peaking at that point, so nearest-neighbour matching lands on
+    the keypoint and not anywhere in its region.
     """
 
     labels: np.ndarray
     num_ids: int
     text_ids: dict[str, int] = field(default_factory=dict)
+    landmarks: dict[int, tuple[float, float]] | None = None
 
 
 class Dataset(Protocol):

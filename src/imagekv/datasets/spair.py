@@ -108,4 +108,5 @@ class SPair:
         return OracleTruth(
             labels=keypoint_regions(size, points, data["bndbox"], first_id),
             num_ids=1 + len(self.categories) * self.keypoints_per_category,
+            landmarks={first_id + k: point for k, point in points.items()},
         )

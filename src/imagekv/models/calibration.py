@@ -5,8 +5,9 @@ Both need to know which dataset image they are encoding, not only its pixels, so
 equal cells over the original image.
 
 - oracle: token feature = the fraction of the token's cell covered by each ground-truth id of the
-  dataset's `oracle_truth(image_id)` (plus optional seeded noise); a text is the indicator of the id
-  it names.
+  dataset's `oracle_truth(image_id)`, then for keypoint datasets one channel per id that is a
+  Gaussian of the distance from the cell centre to that id's keypoint (sigma = one cell), plus
+  optional seeded noise; a text is the indicator of the id it names.
 - noise: seeded standard Gaussian features, a pure function of the image id (or text).
 """
 
@@ -95,6 +96,8 @@ class Oracle(_Calibration):
         coverage = np.zeros((grid.rows, grid.cols, truth.num_ids), dtype=np.float32)
         for label in present:  # ids absent from the image cover nothing
             coverage[..., label] = grid.coverage(truth.labels == label)
+        if truth.landmarks is not None:
+            coverage = np.concatenate([coverage, landmark_channels(truth, grid)], axis=-1)
         features = torch.from_numpy(coverage)
         if self.noise_std:
             features += self.noise_std * seeded_gaussian(features.shape, self.seed, f"image:{image_id}")
@@ -126,6 +129,18 @@ class Oracle(_Calibration):
                 for text, label in truth.text_ids.items():
                     self._text_ids.setdefault(text, set()).add(label)
         return self._text_ids, self._num_ids
+
+
+def landmark_channels(truth, grid: TokenGrid) -> np.ndarray:
+    """[rows, cols, num_ids]: exp(-d^2 / 2 sigma^2), d = distance from each cell centre to the id's
+    keypoint, sigma = the cell's larger side; zero for ids without a keypoint in this image."""
+    centers = grid.centers().reshape(grid.rows, grid.cols, 2)
+    sigma = max(grid.width / grid.cols, grid.height / grid.rows)
+    channels = np.zeros((grid.rows, grid.cols, truth.num_ids), dtype=np.float32)
+    for label, (x, y) in truth.landmarks.items():
+        squared = ((centers - np.array([x, y])) ** 2).sum(axis=-1)
+        channels[..., label] = np.exp(-squared / (2 * sigma**2))
+    return channels
 
 
 @register("noise")
