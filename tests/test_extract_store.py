@@ -12,7 +12,7 @@ from PIL import Image
 import imagekv.extract as extract_module
 from imagekv.datasets import load_dataset
 from imagekv.datasets.synthetic import synthesize
-from imagekv.extract import extract
+from imagekv.extract import extract, extract_store
 from imagekv.features import FeatureStore
 from imagekv.images import ImageFileError, load_rgb
 from imagekv.models.registry import build_backbone
@@ -152,3 +152,22 @@ def test_a_too_small_image_is_refused_with_its_name(tmp_path):
 def test_bad_spec_values_are_named(refcoco, tmp_path, key, value):
     with pytest.raises(ValueError, match=f"'{key}'"):
         extract(make_spec(refcoco, **{key: value}), tmp_path / "manifest.json")
+
+
+def test_a_vlm_store_holds_every_layer_and_refuses_one_beyond_its_depth(refcoco, tmp_path):
+    twin = {"source": "tiny"}
+    store_dir = tmp_path / "store"
+    extract_store(make_spec(refcoco, "llava_next", twin, store=["values", "keys", "projection"]), store_dir)
+    store = FeatureStore(store_dir)
+    assert store.layers == (0, 1, 2, 3) and store.grid(store.image_ids[0]).rows == 8
+    assert "<image>" in store.meta["prompt"]
+    with pytest.raises(ValueError, match=r"'layers' holds \[4\]"):
+        extract(make_spec(refcoco, "llava_next", twin, layers=[1, 4]), tmp_path / "other" / "manifest.json")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_grayscale_rgba_and_palette_files_become_rgb(tmp_path, mode):
+    path = tmp_path / f"image-{mode}.png"
+    Image.new(mode, (30, 20)).save(path)
+    image = load_rgb(path)
+    assert image.mode == "RGB" and image.size == (30, 20)

@@ -196,6 +196,7 @@ class Extraction:
         """Add the stored representations of `image_ids` to `tensors`, their grids and layers to `meta`."""
         images = [load_rgb(self.refs[image_id].path) for image_id in image_ids]
         outputs = self.backbone.encode_with_ids(images, image_ids, self.spec["prefix"], self.layers)
+        meta["prompt"] = self.backbone.prompt_text(self.spec["prefix"])
         for image_id, output in zip(image_ids, outputs, strict=True):
             meta["layers"] = list(_same_layers(meta.get("layers"), output.layers, image_id))
             grid = output.grid
@@ -213,9 +214,10 @@ class Extraction:
             tensors[text_tensor_name(text)] = value.to(self.store_dtype).contiguous()
 
     def manifest(self, image_shards: list[Shard], text_shards: list[Shard]) -> dict:
-        images, layers = {}, None
+        images, layers, prompt = {}, None, None
         for shard in image_shards:
             meta = read_shard_metadata(self.shard_dir / shard.name)
+            prompt = meta["prompt"]
             layers = _same_layers(layers, meta["layers"], shard.name)
             for image_id in shard.keys:
                 images[image_id] = {"shard": shard.name, "grid": meta["grids"][image_id]}
@@ -226,6 +228,7 @@ class Extraction:
             "dataset": self.spec["dataset"],
             "prefix_name": self.spec["prefix_name"],
             "prefix": self.spec["prefix"],
+            "prompt": prompt,  # the exact text before the image's tokens expand (None: no text)
             "layers": list(layers),
             "representations": list(self.store),
             "store_dtype": self.spec["store_dtype"],

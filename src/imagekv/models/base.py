@@ -59,6 +59,10 @@ class Backbone(ABC):
         whose features come from the dataset's ground truth, override this to use the image ids."""
         return self.encode(images, prefix, layers)
 
+    def prompt_text(self, prefix: str = "") -> str | None:
+        """The exact text the model reads with one image (None for encoders without text)."""
+        return None
+
     def encode_text(
         self, texts: Sequence[str], prefix: str = "", layers: Sequence[int] | None = None
     ) -> torch.Tensor:
