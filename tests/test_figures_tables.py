@@ -1,8 +1,16 @@
+import re
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import pandas as pd
+import pytest
+import yaml
 
-from imagekv.figures.style import SMOKE_MARK, Provenance, save, stamp
-from imagekv.tables import write_table
+from imagekv import cli
+from imagekv.figures import layerwise, task_curves
+from imagekv.figures.style import SMOKE_MARK, Provenance, panels, save, stamp
+from imagekv.tables import best_layers, paper_comparison, write_table
+from workflow_runs import ROOT, failure_details, reference_run, snakemake  # noqa: F401
 
 PROVENANCE = Provenance(run="smoke", scale="smoke", models=["llava_onevision"], grid="4x4", prefix="none", samples="fewshot_seg=3")
 
@@ -31,3 +39,180 @@ def test_saved_figures_are_byte_identical_across_saves(tmp_path):
     draw("b")
     for ext in ("pdf", "png"):
         assert (tmp_path / f"a.{ext}").read_bytes() == (tmp_path / f"b.{ext}").read_bytes()
+
+
+# --- layout -------------------------------------------------------------------------------------
+
+
+def test_footer_sits_below_every_label_and_panels_do_not_overlap():
+    fig, axes = panels(6)
+    for ax in axes:
+        ax.plot([0, 1], [0, 1])
+        ax.set_xlabel("normalised LM depth")
+        ax.set_ylabel("a long y label")
+    stamp(fig, PROVENANCE)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    footer = next(t for t in fig.texts if t.get_text().startswith("run: smoke"))
+    footer_top = footer.get_window_extent(renderer).y1
+    boxes = [ax.get_tightbbox(renderer) for ax in axes]  # each panel with its tick and axis labels
+    assert all(footer_top < box.y0 for box in boxes)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    plt.close(fig)
+
+
+def test_panels_removes_unused_cells():
+    fig, axes = panels(4, columns=3)
+    assert len(axes) == 4 and len(fig.axes) == 4
+    plt.close(fig)
+
+
+# --- R-T1 and the per-task figures -----------------------------------------------------------------
+
+
+def _rows(model, representation, values, task="coseg", metric="jaccard"):
+    return [
+        {"run": "smoke", "model": model, "representation": representation, "task": task, "dataset": "msrc",
+         "prefix": "none", "layer": layer, "metric": metric, "value": value, "n": 2, "grid": "8x8",
+         "config_hash": "h", "params": "{}"}
+        for layer, value in values
+    ]
+
+
+def test_best_layers_by_hand():
+    frame = pd.DataFrame(
+        _rows("llava_onevision", "values", [(0, 0.2), (1, 0.5), (2, 0.4), (3, 0.1)])
+        + _rows("llava_onevision", "projection", [(-1, 0.3)])
+        + _rows("siglip", "siglip", [(2, 0.6)])
+        + _rows("oracle", "oracle", [(0, 0.9)])
+        + _rows("noise", "noise", [(0, 0.05)])
+        + _rows("llava_onevision", "values", [(1, 0.99)], metric="precision")  # not the headline metric
+    )
+    (row,) = best_layers.summarise(frame).to_dict("records")
+    assert row["best_layer"] == "1/4" and row["best_depth"] == pytest.approx(1 / 3)
+    assert (row["best"], row["last"], row["projection"]) == (0.5, 0.1, 0.3)
+    assert row["gain_over_projection"] == pytest.approx(0.2)
+    assert row["siglip_minus_best"] == pytest.approx(0.1)
+    assert (row["oracle"], row["noise"]) == (0.9, 0.05)
+
+
+def test_task_curves_show_summary_metrics_headline_first():
+    metrics = ["j", "j&f", "f", "j&f/clip=a", "j/clip=a"]
+    assert task_curves.summary_metrics(metrics, "temporal_corr") == ["j&f", "f", "j"]
+
+
+def test_layerwise_refuses_a_task_missing_from_the_results(tmp_path):
+    path = tmp_path / "probes.csv"
+    pd.DataFrame(_rows("llava_onevision", "values", [(0, 0.2)])).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="no semantic_seg rows"):
+        layerwise.plot(path, [tmp_path / "f.png"], "smoke", "smoke", tasks="coseg,semantic_seg")
+
+
+# --- paper versus replication ------------------------------------------------------------------------
+
+
+def test_the_only_reported_number_is_art_style():
+    entries = paper_comparison.load_reported(ROOT / "config" / "paper_reported.yaml")
+    reported = {e["id"]: e["reported"] for e in entries if e["reported"] is not None}
+    assert reported == {"blink/art_style/not_surfaced": 0.333}
+    assert all(e["source"] for e in entries)
+
+
+def test_comparison_by_hand():
+    entries = [
+        {"id": "a", "quantity": "q", "source": "s", "reported": 0.4,
+         "replicated": {"table": "probes", "statistic": "max", "where": {"model": "llava_onevision", "metric": "jaccard"}}},
+        {"id": "b", "quantity": "q", "source": "s", "reported": None,
+         "replicated": {"table": "probes", "statistic": "value", "where": {"representation": "projection"}}},
+        {"id": "c", "quantity": "q", "source": "s", "reported": 0.333, "replicated": None},
+        {"id": "d", "quantity": "q", "source": "s", "reported": None,
+         "replicated": {"table": "probes", "statistic": "max", "where": {"model": "qwen2_5_vl"}}},
+    ]
+    frame = pd.DataFrame(
+        _rows("llava_onevision", "values", [(0, 0.2), (1, 0.5)])
+        + _rows("llava_onevision", "projection", [(-1, 0.3)])
+    )
+    table = paper_comparison.compare(entries, {"probes": frame}).set_index("id")
+    assert table.loc["a", "replication"] == 0.5 and table.loc["a", "difference"] == pytest.approx(0.1)
+    assert table.loc["b", "replication"] == 0.3 and pd.isna(table.loc["b", "difference"])
+    assert table["status"].to_dict() == {
+        "a": "compared",
+        "b": "not reported by the paper",
+        "c": "not replicated by a rule yet",
+        "d": "no matching rows in this run",
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"id": "x", "quantity": "q", "source": "s", "reported": "33 %", "replicated": None}, "x: reported must be"),
+        ({"id": "x", "quantity": "q", "reported": None, "replicated": None}, "x: expected exactly the keys"),
+        ({"id": "x", "quantity": "q", "source": "s", "reported": None,
+          "replicated": {"table": "probes", "statistic": "max", "where": {"modle": "m"}}},
+         r"x: unknown result column\(s\) \['modle'\]"),
+    ],
+)
+def test_a_malformed_entry_is_named(tmp_path, entry, message):
+    path = tmp_path / "reported.yaml"
+    path.write_text(yaml.safe_dump({"entries": [entry]}))
+    with pytest.raises(ValueError, match=message):
+        paper_comparison.load_reported(path)
+
+
+# --- the workflow produces exactly the declared figures and tables -----------------------------------
+
+
+def declared_outputs() -> set[str]:
+    """The figure and table files the `all` rule asks for, from a dry run (common.smk's lists)."""
+    result = snakemake(["all", "--dry-run", "--forcerun", "all", "--rerun-triggers", "mtime"], ROOT, timeout=120)
+    assert result.returncode == 0, failure_details(result)
+    job = result.stdout[result.stdout.index("rule all:"):]
+    inputs = job.split("input:", 1)[1].splitlines()[0]
+    return {path.strip() for path in inputs.split(",") if path.strip().startswith(("figures/", "paper_tables/"))}
+
+
+def registry_name(stem: str, registry: dict) -> str | None:
+    """The figure/table module behind a file stem: its own name or a prefix ("task_curves_coseg")."""
+    names = [name for name in registry if stem == name or stem.startswith(name + "_")]
+    return max(names, key=len) if names else None
+
+
+@pytest.mark.slow
+def test_every_declared_item_has_a_module_and_every_module_an_item():
+    declared = declared_outputs()
+    kinds = (("figures/", cli.FIGURES, {"pdf", "png"}), ("paper_tables/", cli.TABLES, {"csv", "md", "tex"}))
+    for folder, registry, formats in kinds:
+        files = [Path(p) for p in declared if p.startswith(folder)]
+        stems = {f.stem for f in files}
+        used = {registry_name(stem, registry) for stem in stems}
+        assert None not in used, [s for s in stems if registry_name(s, registry) is None]
+        assert used == set(registry), f"registered but never produced: {set(registry) - used}"
+        for stem in stems:
+            assert {f.suffix[1:] for f in files if f.stem == stem} == formats, stem
+
+
+@pytest.mark.slow
+def test_smoke_run_produces_exactly_the_declared_figures_and_tables(reference_run):  # noqa: F811
+    project, _ = reference_run
+    produced = {
+        path.relative_to(project).as_posix()
+        for folder in ("figures", "paper_tables")
+        for path in (project / folder / "smoke").rglob("*")
+        if path.is_file()
+    }
+    assert produced == declared_outputs()
+
+
+@pytest.mark.slow
+def test_report_has_every_figure_with_a_caption(reference_run, tmp_path):  # noqa: F811
+    project, _ = reference_run
+    result = snakemake(["--report", str(tmp_path / "report.html")], project, timeout=300)
+    assert result.returncode == 0, failure_details(result)
+    added = set(re.findall(r"Adding (\S+) \(", result.stdout + result.stderr))
+    figures = {Path(p).name for p in declared_outputs() if p.endswith(".png")}
+    assert figures <= added, figures - added
+    for caption in (ROOT / "workflow" / "report").glob("*.rst"):
+        assert caption.read_text().strip()

@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 
 
-FIGURES = {"layerwise_probes": "imagekv.figures.layerwise"}
-TABLES = {"best_layers": "imagekv.tables.best_layers"}
+FIGURES = {"layerwise_probes": "imagekv.figures.layerwise", "task_curves": "imagekv.figures.task_curves"}
+TABLES = {"best_layers": "imagekv.tables.best_layers", "paper_comparison": "imagekv.tables.paper_comparison"}
 
 
 def _limit_threads(threads: int) -> None:
@@ -30,11 +30,18 @@ def synthesize(args: argparse.Namespace) -> None:
     write_synthetic(spec["dataset"], Path(args.output), spec["cfg"], spec["seed"])
 
 
+def download(args: argparse.Namespace) -> None:
+    from imagekv.datasets.download import fetch_dataset
+
+    spec = json.loads(args.spec)
+    fetch_dataset(spec["dataset"], Path(args.output), user_files=spec["user_files"])
+
+
 def extract(args: argparse.Namespace) -> None:
-    from imagekv.extract import extract as run_extraction
+    from imagekv.extract import extract_store
 
     _limit_threads(args.threads)
-    run_extraction(json.loads(args.spec), Path(args.output))
+    extract_store(json.loads(args.spec), Path(args.output))
 
 
 def probe(args: argparse.Namespace) -> None:
@@ -59,11 +66,21 @@ def collect(args: argparse.Namespace) -> None:
 
 
 def figure(args: argparse.Namespace) -> None:
-    importlib.import_module(FIGURES[args.name]).plot(args.input, args.output, args.run, args.scale)
+    options = _options(args.option)
+    importlib.import_module(FIGURES[args.name]).plot(args.input, args.output, args.run, args.scale, **options)
 
 
 def table(args: argparse.Namespace) -> None:
-    importlib.import_module(TABLES[args.name]).write(args.input, args.output, args.run, args.scale)
+    options = _options(args.option)
+    importlib.import_module(TABLES[args.name]).write(args.input, args.output, args.run, args.scale, **options)
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    """`--option KEY=VALUE` pairs: extra keyword arguments of one figure or table (e.g. task=coseg)."""
+    bad = [pair for pair in pairs if "=" not in pair]
+    if bad:
+        raise SystemExit(f"--option takes KEY=VALUE, got {bad}")
+    return dict(pair.split("=", 1) for pair in pairs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("synthesize", synthesize).add_argument("--output", required=True)
+    command("download", download).add_argument("--output", required=True)
     sub = command("extract", extract, threads=True)
-    sub.add_argument("--output", required=True, help="manifest.json, written last")
+    sub.add_argument("--output", required=True, help="the feature store's folder")
     sub = command("probe", probe, threads=True)
     sub.add_argument("--features", required=True)
     sub.add_argument("--output", required=True)
@@ -95,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--run", required=True)
         sub.add_argument("--scale", required=True, choices=["smoke", "paper"])
         sub.add_argument("--output", required=True, nargs="+" if name == "figure" else None)
+        sub.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="passed to the module")
     return parser
 
 

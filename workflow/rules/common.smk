@@ -42,8 +42,9 @@ def dataset_input(wildcards):
     return plan.dataset_root(config, wildcards.dataset)
 
 
-FIGURES = ["layerwise_probes"]
-TABLES = ["best_layers"]
+# Every figure and table file stem the run produces (tests compare this list with the outputs).
+FIGURES = ["layerwise_probes"] + [f"task_curves_{task}" for task in TASKS]
+TABLES = ["best_layers", "paper_comparison"]
 
 
 def figure_targets():

@@ -1,7 +1,10 @@
 # Figures and tables: cheap rules that read the small tidy result tables, never the features.
 # Each lists its plotting code as input, so restyling reruns exactly the plots that use it.
 
+from imagekv.tables.paper_comparison import result_tables
+
 FIGURE_CODE = ["src/imagekv/figures/style.py"]
+TABLE_CODE = FIGURE_CODE + ["src/imagekv/tables/__init__.py"]
 
 
 rule figure_layerwise_probes:
@@ -27,13 +30,46 @@ rule figure_layerwise_probes:
         " > {log:q} 2>&1"
 
 
-rule table_best_layers:
+rule figure_task_curves:
     input:
         results="results/{run}/probes.csv",
         code=FIGURE_CODE
-        + ["src/imagekv/tables/__init__.py", "src/imagekv/tables/best_layers.py"],
+        + ["src/imagekv/figures/layerwise.py", "src/imagekv/figures/task_curves.py"],
     output:
-        multiext("paper_tables/{run}/best_layers", ".csv", ".md", ".tex"),
+        pdf="figures/{run}/task_curves_{task}.pdf",
+        png=report(
+            "figures/{run}/task_curves_{task}.png",
+            caption="../report/task_curves.rst",
+            category="Probes",
+            subcategory="Per task (appendix)",
+        ),
+    log:
+        "logs/{run}/figures/task_curves_{task}.log",
+    wildcard_constraints:
+        task="|".join(TASKS),
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        scale=config["scale"],
+    shell:
+        "python -m imagekv figure task_curves --input {input.results:q} --option task={wildcards.task}"
+        " --run {wildcards.run} --scale {params.scale} --output {output.pdf:q} {output.png:q}"
+        " > {log:q} 2>&1"
+
+
+rule table_best_layers:
+    input:
+        results="results/{run}/probes.csv",
+        code=TABLE_CODE
+        + ["src/imagekv/figures/layerwise.py", "src/imagekv/tables/best_layers.py"],
+    output:
+        report(
+            "paper_tables/{run}/best_layers.csv",
+            caption="../report/best_layers.rst",
+            category="Tables",
+        ),
+        "paper_tables/{run}/best_layers.md",
+        "paper_tables/{run}/best_layers.tex",
     log:
         "logs/{run}/tables/best_layers.log",
     conda:
@@ -43,5 +79,32 @@ rule table_best_layers:
         stem="paper_tables/{run}/best_layers",
     shell:
         "python -m imagekv table best_layers --input {input.results:q}"
+        " --run {wildcards.run} --scale {params.scale} --output {params.stem:q}"
+        " > {log:q} 2>&1"
+
+
+rule table_paper_comparison:
+    input:
+        reported="config/paper_reported.yaml",
+        # the tidy result tables the file points into
+        results=lambda wc: result_tables("config/paper_reported.yaml", wc.run),
+        code=TABLE_CODE + ["src/imagekv/tables/paper_comparison.py"],
+    output:
+        report(
+            "paper_tables/{run}/paper_comparison.csv",
+            caption="../report/paper_comparison.rst",
+            category="Tables",
+        ),
+        "paper_tables/{run}/paper_comparison.md",
+        "paper_tables/{run}/paper_comparison.tex",
+    log:
+        "logs/{run}/tables/paper_comparison.log",
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        scale=config["scale"],
+        stem="paper_tables/{run}/paper_comparison",
+    shell:
+        "python -m imagekv table paper_comparison --input {input.reported:q}"
         " --run {wildcards.run} --scale {params.scale} --output {params.stem:q}"
         " > {log:q} 2>&1"

@@ -2,6 +2,7 @@
 
 One panel per task, one line per MLM (image values), the MLM's projector output as a dashed line in
 its colour, and SigLIP and the calibration backbones (oracle, noise) as grey reference lines.
+`draw_curves` is the panel shared with the per-task appendix figures (imagekv.figures.task_curves).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from imagekv.figures.style import (
-    MODEL_COLORS, MODEL_LABELS, REFERENCE_STYLE, Provenance, apply_style, save, stamp,
+    METRIC_LABELS, MODEL_COLORS, MODEL_LABELS, REFERENCE_STYLE, Provenance, apply_style, panels, save, stamp,
 )
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES
 from imagekv.results import read_results
+
+LEGEND_ROWS = 3
+X_AXES = {"depth": "normalised LM depth", "layer": "LM layer"}
 
 
 def headline_rows(frame: pd.DataFrame, prefix: str = "none") -> pd.DataFrame:
@@ -25,32 +29,68 @@ def headline_rows(frame: pd.DataFrame, prefix: str = "none") -> pd.DataFrame:
     return frame[(frame["metric"] == wanted) & (frame["prefix"] == prefix)]
 
 
-def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: str) -> None:
+def plot(
+    results: str | Path, outputs: Sequence[str | Path], run: str, scale: str,
+    tasks: Sequence[str] | None = None, x_axis: str = "depth",
+) -> None:
+    """One panel per task of `tasks` (default: every task in the results, in paper order; a string
+    is a comma-separated list, as `--option tasks=coseg,fewshot_seg` passes it)."""
+    if isinstance(tasks, str):
+        tasks = tasks.split(",")
     frame = headline_rows(read_results(results))
-    tasks = [t for t in TASK_ORDER if t in set(frame["task"])]
+    present = set(frame["task"])
+    missing = sorted(set(tasks or ()) - present)
+    if missing:
+        raise ValueError(f"{results}: no {', '.join(missing)} rows for the layer-wise figure")
+    chosen = [t for t in TASK_ORDER if t in (set(tasks) if tasks else present)]
     apply_style()
-    fig, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks), 2.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        _panel(ax, frame[frame["task"] == task], task)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 1.12), frameon=False)
-    stamp(fig, Provenance.from_results(frame, run, scale))
+    fig, axes = panels(len(chosen))
+    for ax, task in zip(axes, chosen):
+        draw_curves(ax, frame[frame["task"] == task], x_axis)
+        ax.set_title(TASK_TITLES[task])
+        ax.set_ylabel(METRIC_LABELS.get(HEADLINE_METRICS[task], HEADLINE_METRICS[task]))
+    figure_legend(fig, axes)
+    stamp(fig, Provenance.from_results(frame[frame["task"].isin(chosen)], run, scale))
     save(fig, outputs)
 
 
-def _panel(ax: plt.Axes, rows: pd.DataFrame, task: str) -> None:
+def draw_curves(ax: plt.Axes, rows: pd.DataFrame, x_axis: str = "depth") -> None:
+    """Per-layer lines of one metric: MLM values (solid), each MLM's projection (dashed, its colour),
+    and the reference backbones (grey/black horizontal lines)."""
+    if x_axis not in X_AXES:
+        raise ValueError(f"unknown x axis {x_axis!r}; expected one of {sorted(X_AXES)}")
     for model, color in MODEL_COLORS.items():
         curve = rows[(rows["model"] == model) & (rows["representation"] == "values")].sort_values("layer")
         if curve.empty:
             continue
-        depth = curve["layer"] / max(curve["layer"].max(), 1)
-        ax.plot(depth, curve["value"], color=color, marker="o", markersize=2.5, label=MODEL_LABELS[model])
+        x = curve["layer"] / max(curve["layer"].max(), 1) if x_axis == "depth" else curve["layer"]
+        ax.plot(x, curve["value"], color=color, marker="o", markersize=2.5, label=MODEL_LABELS[model])
         for value in rows[(rows["model"] == model) & (rows["representation"] == "projection")]["value"]:
             ax.axhline(value, color=color, linestyle="--", linewidth=0.9, label=f"{MODEL_LABELS[model]} projection")
     for reference, (color, style) in REFERENCE_STYLE.items():
         for value in rows[rows["representation"] == reference]["value"]:
             ax.axhline(value, color=color, linestyle=style, linewidth=0.9, label=MODEL_LABELS[reference])
-    ax.set_title(TASK_TITLES[task])
-    ax.set_xlabel("normalised LM depth")
-    ax.set_ylabel(HEADLINE_METRICS[task])
-    ax.set_xlim(0, 1)
+    ax.set_xlabel(X_AXES[x_axis])
+    if x_axis == "depth":
+        ax.set_xlim(0, 1)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def figure_legend(fig: plt.Figure, axes: Sequence[plt.Axes]) -> None:
+    """One legend above the panels with every line any panel drew, each label once, in columns of
+    three: the MLMs' values, their projections, then the references."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    mlms = [MODEL_LABELS[m] for m in MODEL_COLORS]
+
+    def group(label: str) -> int:
+        return 0 if label in mlms else 1 if label.endswith(" projection") else 2
+
+    labels = sorted(entries, key=group)  # stable: keeps the drawing order within a group
+    fig.legend(
+        [entries[label] for label in labels], labels, loc="outside upper center",
+        ncol=-(-len(labels) // LEGEND_ROWS), frameon=False,
+    )

@@ -6,6 +6,7 @@ Editing this file reruns every plotting rule and nothing else (the plotting rule
 from __future__ import annotations
 
 from collections.abc import Sequence
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,10 @@ MODEL_LABELS = {
 MODEL_COLORS = dict(zip(("llava_onevision", "qwen2_5_vl", "llava_next"), sns.color_palette("colorblind", 3)))
 REFERENCE_STYLE = {"siglip": ("black", ":"), "oracle": ("0.6", "-"), "noise": ("0.6", "--")}
 SMOKE_MARK = "smoke scale: random-weight models"
+METRIC_LABELS = {"miou": "mIoU", "fbiou": "FB-IoU", "jaccard": "Jaccard", "precision": "precision",
+                 "pck@0.1": "PCK@0.1", "j&f": "J&F", "j": "J", "f": "F", "pointing": "pointing acc."}
+FOOTER_FONTSIZE = 6
+FOOTER_CHARS_PER_INCH = 20  # characters of the footer font per inch of figure width
 
 
 @dataclass(frozen=True)
@@ -74,11 +79,39 @@ def apply_style() -> None:
     plt.rcParams.update({"figure.dpi": 150, "savefig.bbox": "tight", "pdf.fonttype": 42})
 
 
+def panels(
+    count: int, columns: int = 3, panel_size: tuple[float, float] = (2.5, 2.1)
+) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A constrained-layout grid of `count` panels (at most `columns` per row), so tick and axis
+    labels of neighbouring panels never collide; unused cells are removed."""
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows), squeeze=False, layout="constrained"
+    )
+    cells = list(axes.flat)
+    for unused in cells[count:]:
+        unused.remove()
+    return fig, cells[:count]
+
+
 def stamp(fig: plt.Figure, provenance: Provenance) -> None:
-    fig.text(0.5, -0.02, provenance.footer(), ha="center", va="top", fontsize=6, color="0.3", wrap=True)
+    """The provenance footer under everything drawn so far, and at smoke scale a watermark.
+
+    Call it last: the figure is laid out first and the footer goes below the lowest artist (tick
+    labels, axis labels, legends), wrapped to the figure's width, so nothing overlaps it.
+    """
+    fig.canvas.draw()
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+    footer = textwrap.fill(provenance.footer(), width=int(FOOTER_CHARS_PER_INCH * max(drawn.width, 3.0)))
+    fig.text(
+        drawn.x0 / fig.get_figwidth() + drawn.width / 2 / fig.get_figwidth(),
+        (drawn.y0 - 0.05) / fig.get_figheight(),
+        footer, ha="center", va="top", fontsize=FOOTER_FONTSIZE, color="0.3",
+    )
     if provenance.scale == "smoke":
         fig.text(
-            0.5, 0.5, SMOKE_MARK, ha="center", va="center", rotation=20, fontsize=22,
+            0.5, 0.5, SMOKE_MARK, ha="center", va="center", rotation=20, fontsize=min(22, 3 * fig.get_figwidth()),
             color="red", alpha=0.25, transform=fig.transFigure, zorder=100,
         )
 

@@ -1,8 +1,10 @@
 """R-T1: per model and task, the best LM layer against the projector input, SigLIP and calibration.
 
-E1/E2/E3 summaries in one table: the best layer and its score, the drop to the last layer, the gain
-of the best layer over the projector output (the "LM augments its input" claim), and the SigLIP,
-oracle and noise references.
+E1/E2/E3 summaries in one table: the best layer (index/depth and normalised depth) and its score,
+the score at the last layer, the gain of the best layer over the projector output (the "LM augments
+its input" claim), SigLIP minus the best layer (the "MLM finetuning costs information" claim: > 0
+where SigLIP wins), and the oracle and noise references. This is the SPEC's SigLIP comparison
+(R-T1) for every model, not only LLaVA-OneVision.
 """
 
 from __future__ import annotations
@@ -32,16 +34,21 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         last = curve.loc[curve["layer"].idxmax()]
         projection = rows[(rows["model"] == model) & (rows["task"] == task) & (rows["representation"] == "projection")]["value"]
         proj = float(projection.iloc[0]) if len(projection) else float("nan")
+        reference = {rep: float(values.get(task, float("nan"))) for rep, values in references.items()}
         records.append({
             "model": MODEL_LABELS.get(model, model),
             "task": task,
             "metric": HEADLINE_METRICS[task],
             "best_layer": f"{int(best['layer'])}/{int(last['layer']) + 1}",
+            "best_depth": int(best["layer"]) / max(int(last["layer"]), 1),
             "best": float(best["value"]),
             "last": float(last["value"]),
             "projection": proj,
             "gain_over_projection": float(best["value"]) - proj,
-            **{rep: float(values.get(task, float("nan"))) for rep, values in references.items()},
+            "siglip": reference["siglip"],
+            "siglip_minus_best": reference["siglip"] - float(best["value"]),
+            "oracle": reference["oracle"],
+            "noise": reference["noise"],
         })
     table = pd.DataFrame.from_records(records)
     table["task"] = pd.Categorical(table["task"], categories=TASK_ORDER, ordered=True)

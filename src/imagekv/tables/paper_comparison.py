@@ -1,0 +1,103 @@
+"""The numbers the paper reports against ours, with the difference (config/paper_reported.yaml).
+
+Each entry of the file names the paper's number (or null when it could not be read), where in the
+paper it comes from, and which rows of one of our tidy result tables give the same quantity. The
+table lists every entry, so the unknown ones stay visible as such.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from imagekv.figures.style import Provenance
+from imagekv.results import COLUMNS, read_results
+from imagekv.tables import write_table
+
+CAPTION = "Numbers reported by the paper against this replication (fractions; difference = replication - paper)"
+ENTRY_KEYS = {"id", "quantity", "source", "reported", "replicated"}
+STATISTICS = ("max", "value")
+
+
+def load_reported(path: str | Path) -> list[dict]:
+    """The entries of the reported-numbers file; a malformed entry is an error naming it."""
+    entries = (yaml.safe_load(Path(path).read_text()) or {}).get("entries")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty list under 'entries'")
+    for number, entry in enumerate(entries):
+        name = entry.get("id", f"entry {number}") if isinstance(entry, dict) else f"entry {number}"
+        if not isinstance(entry, dict) or set(entry) != ENTRY_KEYS:
+            raise ValueError(f"{path}: {name}: expected exactly the keys {sorted(ENTRY_KEYS)}")
+        if entry["reported"] is not None and not isinstance(entry["reported"], (int, float)):
+            raise ValueError(f"{path}: {name}: reported must be a number or null")
+        _check_selector(path, name, entry["replicated"])
+    ids = [entry["id"] for entry in entries]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}")
+    return entries
+
+
+def _check_selector(path, name: str, selector: dict | None) -> None:
+    if selector is None:
+        return
+    if set(selector) != {"table", "statistic", "where"}:
+        raise ValueError(f"{path}: {name}: replicated needs exactly table, statistic and where")
+    if selector["statistic"] not in STATISTICS:
+        raise ValueError(f"{path}: {name}: statistic must be one of {STATISTICS}")
+    unknown = sorted(set(selector["where"]) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"{path}: {name}: unknown result column(s) {unknown}")
+
+
+def result_tables(reported: str | Path, run: str) -> list[str]:
+    """The tidy result tables the entries read: the comparison rule's inputs besides the file."""
+    tables = {entry["replicated"]["table"] for entry in load_reported(reported) if entry["replicated"]}
+    return [f"results/{run}/{table}.csv" for table in sorted(tables)]
+
+
+def replicated_value(frame: pd.DataFrame, selector: dict, name: str) -> float:
+    """Our number for one entry; NaN when this run has no matching rows (e.g. a model left out)."""
+    rows = frame
+    for column, value in selector["where"].items():
+        rows = rows[rows[column].astype(str) == str(value)]
+    if rows.empty:
+        return float("nan")
+    if selector["statistic"] == "value" and len(rows) != 1:
+        raise ValueError(f"{name}: statistic 'value' needs exactly one row, found {len(rows)}")
+    return float(rows["value"].max())
+
+
+def compare(entries: list[dict], tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    records = []
+    for entry in entries:
+        selector = entry["replicated"]
+        ours = float("nan") if selector is None else replicated_value(tables[selector["table"]], selector, entry["id"])
+        paper = float("nan") if entry["reported"] is None else float(entry["reported"])
+        records.append({
+            "id": entry["id"],
+            "quantity": entry["quantity"],
+            "source": entry["source"],
+            "paper": paper,
+            "replication": ours,
+            "difference": ours - paper,
+            "status": _status(entry, ours),
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def _status(entry: dict, ours: float) -> str:
+    if entry["replicated"] is None:
+        return "not replicated by a rule yet"
+    if pd.isna(ours):
+        return "no matching rows in this run"
+    return "compared" if entry["reported"] is not None else "not reported by the paper"
+
+
+def write(reported: str | Path, stem: str | Path, run: str, scale: str) -> None:
+    entries = load_reported(reported)
+    paths = result_tables(reported, run)
+    tables = {Path(path).stem: read_results(path) for path in paths}
+    provenance = Provenance.from_results(pd.concat(tables.values(), ignore_index=True), run, scale)
+    write_table(compare(entries, tables), stem, CAPTION, provenance)
