@@ -13,7 +13,11 @@ import logging
 from pathlib import Path
 
 
-FIGURES = {"layerwise_probes": "imagekv.figures.layerwise", "task_curves": "imagekv.figures.task_curves"}
+FIGURES = {
+    "layerwise_probes": "imagekv.figures.layerwise",
+    "task_curves": "imagekv.figures.task_curves",
+    "qualitative_examples": "imagekv.figures.qualitative",
+}
 TABLES = {"best_layers": "imagekv.tables.best_layers", "paper_comparison": "imagekv.tables.paper_comparison"}
 
 
@@ -57,6 +61,13 @@ def probe(args: argparse.Namespace) -> None:
     features = store.view(spec["stored"])
     rows = run_probe(spec["task"], dataset.samples(), features, spec["params"])
     write_results(tidy_rows(spec, rows, grid=store.grid_label()), args.output)
+
+
+def examples(args: argparse.Namespace) -> None:
+    from imagekv.qualitative import write_examples
+
+    _limit_threads(args.threads)
+    write_examples(json.loads(args.spec), Path(args.probes), Path(args.output))
 
 
 def collect(args: argparse.Namespace) -> None:
@@ -103,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("probe", probe, threads=True)
     sub.add_argument("--features", required=True)
     sub.add_argument("--output", required=True)
+    sub = command("examples", examples, threads=True)
+    sub.add_argument("--probes", required=True, help="the collected probe results")
+    sub.add_argument("--output", required=True, help="examples.npz (examples.json beside it)")
     sub = command("collect", collect, spec=False)
     sub.add_argument("--output", required=True)
     sub.add_argument("inputs", nargs="+")

@@ -127,3 +127,36 @@ def probe_targets(config: dict, prefix: str = "none") -> list[str]:
         for representation in entry.representations
         if is_probed(entry, task, representation)
     )
+
+
+# R-F3: example predictions of LLaVA-OneVision (SPEC 6: M1), its projection and SigLIP.
+QUALITATIVE_MODEL = "llava_onevision"
+QUALITATIVE_TASKS = ("fewshot_seg", "semantic_corr")
+
+
+def qualitative_spec(config: dict) -> dict | None:
+    """The stores and datasets of the R-F3 examples; None when the config lacks a part of them."""
+    model, run = QUALITATIVE_MODEL, config["run"]
+    if model not in config["models"] or "siglip" not in config.get("references", {}):
+        return None
+    if not set(QUALITATIVE_TASKS) <= set(config["probes"]):
+        return None
+    tasks = {}
+    for task in QUALITATIVE_TASKS:
+        dataset = config["probes"][task]["dataset"]
+        stores = {name: features_path(run, name, dataset, "none") for name in (model, "siglip")}
+        tasks[task] = {
+            "dataset": dataset,
+            "dataset_root": dataset_root(config, dataset),
+            "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+            "params": {k: v for k, v in config["probes"][task].items() if k != "dataset"},
+            "stores": {model: stores[model], f"{model} projection": stores[model], "siglip": stores["siglip"]},
+        }
+    return {"model": model, "tasks": tasks}
+
+
+def qualitative_inputs(config: dict) -> list[str]:
+    spec = qualitative_spec(config)
+    paths = {path for task in spec["tasks"].values() for path in task["stores"].values()}
+    paths |= {task["dataset_root"] for task in spec["tasks"].values()}
+    return sorted(paths)

@@ -44,6 +44,8 @@ def dataset_input(wildcards):
 
 # Every figure and table file stem the run produces (tests compare this list with the outputs).
 FIGURES = ["layerwise_probes"] + [f"task_curves_{task}" for task in TASKS]
+if plan.qualitative_spec(config):
+    FIGURES.append("qualitative_examples")
 TABLES = ["best_layers", "paper_comparison"]
 
 

@@ -57,6 +57,30 @@ rule figure_task_curves:
         " > {log:q} 2>&1"
 
 
+rule figure_qualitative_examples:
+    input:
+        examples="results/{run}/qualitative/examples.npz",
+        meta="results/{run}/qualitative/examples.json",
+        code=FIGURE_CODE + ["src/imagekv/figures/qualitative.py"],
+    output:
+        pdf="figures/{run}/qualitative_examples.pdf",
+        png=report(
+            "figures/{run}/qualitative_examples.png",
+            caption="../report/qualitative_examples.rst",
+            category="Probes",
+        ),
+    log:
+        "logs/{run}/figures/qualitative_examples.log",
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        scale=config["scale"],
+    shell:
+        "python -m imagekv figure qualitative_examples --input {input.examples:q}"
+        " --run {wildcards.run} --scale {params.scale} --output {output.pdf:q} {output.png:q}"
+        " > {log:q} 2>&1"
+
+
 rule table_best_layers:
     input:
         results="results/{run}/probes.csv",

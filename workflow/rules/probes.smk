@@ -36,3 +36,22 @@ rule collect_probe_results:
         "../../envs/plots.yaml"
     shell:
         "python -m imagekv collect --output {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule qualitative_examples:
+    input:
+        probes="results/{run}/probes.csv",
+        stores=lambda wc: plan.qualitative_inputs(config),
+    output:
+        npz="results/{run}/qualitative/examples.npz",
+        meta="results/{run}/qualitative/examples.json",
+    log:
+        "logs/{run}/qualitative_examples.log",
+    conda:
+        "../../envs/probes.yaml"
+    threads: 1
+    params:
+        spec=lambda wc: as_json(plan.qualitative_spec(config)),
+    shell:
+        "python -m imagekv examples --spec {params.spec:q} --probes {input.probes:q}"
+        " --output {output.npz:q} --threads {threads} > {log:q} 2>&1"
