@@ -18,6 +18,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/probes.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/interventions.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -17,8 +17,17 @@ FIGURES = {
     "layerwise_probes": "imagekv.figures.layerwise",
     "task_curves": "imagekv.figures.task_curves",
     "qualitative_examples": "imagekv.figures.qualitative",
+    "key_variance": "imagekv.figures.key_variance",
+    "prefix_probes": "imagekv.figures.prefix_probes",
 }
-TABLES = {"best_layers": "imagekv.tables.best_layers", "paper_comparison": "imagekv.tables.paper_comparison"}
+TABLES = {
+    "best_layers": "imagekv.tables.best_layers",
+    "paper_comparison": "imagekv.tables.paper_comparison",
+    "blocking": "imagekv.tables.blocking",
+    "prefix_gains": "imagekv.tables.prefix_gains",
+    "not_surfaced": "imagekv.tables.not_surfaced",
+    "correlation": "imagekv.tables.correlation",
+}
 
 
 def _limit_threads(threads: int) -> None:
@@ -76,6 +85,43 @@ def collect(args: argparse.Namespace) -> None:
     collect_results(args.inputs, args.output)
 
 
+def key_variance(args: argparse.Namespace) -> None:
+    from imagekv.interventions import workflow
+
+    workflow.key_variance(json.loads(args.spec), Path(args.features), Path(args.output_json), Path(args.output_csv))
+
+
+def blink_answers(args: argparse.Namespace) -> None:
+    from imagekv.interventions import workflow
+
+    _limit_threads(args.threads)
+    workflow.blink_answers(json.loads(args.spec), Path(args.flags), Path(args.output))
+
+
+def blink_accuracy(args: argparse.Namespace) -> None:
+    from imagekv.interventions import workflow
+
+    workflow.blink_accuracy(json.loads(args.spec), args.inputs, Path(args.output))
+
+
+def not_surfaced(args: argparse.Namespace) -> None:
+    from imagekv.interventions import workflow
+
+    workflow.not_surfaced(json.loads(args.spec), Path(args.output))
+
+
+def correlation(args: argparse.Namespace) -> None:
+    from imagekv.interventions import workflow
+
+    workflow.correlation(json.loads(args.spec), Path(args.probes), Path(args.accuracy), Path(args.output))
+
+
+def concat(args: argparse.Namespace) -> None:
+    from imagekv.interventions.workflow import concat_tables
+
+    concat_tables(args.inputs, args.output, args.sort.split(","))
+
+
 def figure(args: argparse.Namespace) -> None:
     options = _options(args.option)
     importlib.import_module(FIGURES[args.name]).plot(args.input, args.output, args.run, args.scale, **options)
@@ -119,6 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--output", required=True, help="examples.npz (examples.json beside it)")
     sub = command("collect", collect, spec=False)
     sub.add_argument("--output", required=True)
+    sub.add_argument("inputs", nargs="+")
+    sub = command("key-variance", key_variance)
+    sub.add_argument("--features", required=True, help="the fixed-layout feature store of the image pool")
+    sub.add_argument("--output-json", required=True)
+    sub.add_argument("--output-csv", required=True)
+    sub = command("blink-answers", blink_answers, threads=True)
+    sub.add_argument("--flags", required=True, help="the model's key_variance.json")
+    sub.add_argument("--output", required=True)
+    sub = command("blink-accuracy", blink_accuracy)
+    sub.add_argument("--output", required=True)
+    sub.add_argument("inputs", nargs="+", help="blink_answers.csv of each model")
+    command("not-surfaced", not_surfaced).add_argument("--output", required=True)
+    sub = command("correlation", correlation)
+    sub.add_argument("--probes", required=True, help="the collected probe results")
+    sub.add_argument("--accuracy", required=True, help="the collected BLINK accuracy")
+    sub.add_argument("--output", required=True)
+    sub = command("concat", concat, spec=False)
+    sub.add_argument("--output", required=True)
+    sub.add_argument("--sort", required=True, help="comma-separated columns to sort the rows by")
     sub.add_argument("inputs", nargs="+")
     for name, handler, choices in (("figure", figure, FIGURES), ("table", table, TABLES)):
         sub = command(name, handler, spec=False)

@@ -160,3 +160,121 @@ def qualitative_inputs(config: dict) -> list[str]:
     paths = {path for task in spec["tasks"].values() for path in task["stores"].values()}
     paths |= {task["dataset_root"] for task in spec["tasks"].values()}
     return sorted(paths)
+
+
+# Interventions (SPEC E2, E4-E6): one job per MLM per stage, plus cheap collecting jobs.
+BASELINE_CONDITION = "none"  # BLINK answers without any blocking
+
+
+def interventions(config: dict) -> dict | None:
+    """The `interventions:` section, or None when the config runs no interventions. Raises naming
+    the missing `datasets:` entry when the section needs one."""
+    section = config.get("interventions")
+    if section is None:
+        return None
+    for stage in ("key_variance", "blocking"):
+        dataset = section[stage]["dataset"]
+        if dataset not in config["datasets"]:
+            raise KeyError(f"interventions.{stage}.dataset is {dataset!r}, which datasets: does not define")
+    unknown = sorted(set(section["prefix"]["prefixes"]) - set(config["prefixes"]))
+    if unknown:
+        raise KeyError(f"interventions.prefix.prefixes names {unknown}, which prefixes: does not define")
+    return section
+
+
+def intervention_path(run: str, name: str, model: str | None = None) -> str:
+    """A per-model intervention result (results/{run}/{model}/interventions/) or a collected one."""
+    return f"results/{run}/{model}/interventions/{name}" if model else f"results/{run}/interventions/{name}"
+
+
+def key_variance_spec(config: dict, model: str) -> dict:
+    section = interventions(config)["key_variance"]
+    return {
+        "run": config["run"],
+        "model": model,
+        "dataset": section["dataset"],
+        "prefix": section["prefix"],
+        "params": {k: section[k] for k in ("tau", "tau_sweep", "cosine_threshold", "ell0_fraction")},
+    }
+
+
+def key_variance_features(config: dict, model: str) -> str:
+    section = interventions(config)["key_variance"]
+    return features_path(config["run"], model, section["dataset"], section["prefix"])
+
+
+def blink_spec(config: dict, model: str) -> dict:
+    """E4 blocking evaluation of one MLM on the BLINK questions, under every blocking condition."""
+    section = interventions(config)["blocking"]
+    dataset = section["dataset"]
+    return {
+        "run": config["run"],
+        "model": model,
+        "model_cfg": config["models"][model],
+        "dataset": dataset,
+        "dataset_root": dataset_root(config, dataset),
+        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "device": config["device"],
+        "dtype": config["dtype"],
+        "params": {k: v for k, v in section.items() if k not in ("dataset", "bootstrap_resamples", "bootstrap_seed")},
+    }
+
+
+def blink_accuracy_spec(config: dict) -> dict:
+    section = interventions(config)["blocking"]
+    return {
+        "run": config["run"],
+        "baseline": BASELINE_CONDITION,
+        "resamples": section["bootstrap_resamples"],
+        "seed": section["bootstrap_seed"],
+    }
+
+
+def not_surfaced_spec(config: dict) -> dict:
+    """E6 for every MLM at once (a cheap read of stored values): each model's BLINK value store
+    (one image per context, SPEC E6) and its unblocked answers."""
+    section = interventions(config)["not_surfaced"]
+    run, dataset = config["run"], interventions(config)["blocking"]["dataset"]
+    return {
+        "run": run,
+        "dataset": dataset,
+        "dataset_root": dataset_root(config, dataset),
+        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "condition": BASELINE_CONDITION,
+        "models": {
+            model: {
+                "features": features_path(run, model, dataset, section["prefix"]),
+                "answers": intervention_path(run, "blink_answers.csv", model),
+            }
+            for model in sorted(config["models"])
+        },
+        "params": dict(section),
+    }
+
+
+def not_surfaced_inputs(config: dict) -> list[str]:
+    spec = not_surfaced_spec(config)
+    return sorted({path for paths in spec["models"].values() for path in paths.values()} | {spec["dataset_root"]})
+
+
+def prefix_probe_targets(config: dict) -> list[str]:
+    """E5: the value probes of every MLM on the chosen tasks, with no prefix and each E5 prefix."""
+    section = interventions(config)["prefix"]
+    run = config["run"]
+    return sorted(
+        probe_path(run, model, config["probes"][task]["dataset"], prefix, "values")
+        for model in config["models"]
+        for task in section["tasks"]
+        for prefix in ["none", *section["prefixes"]]
+    )
+
+
+def correlation_spec(config: dict) -> dict:
+    section = interventions(config)["correlation"]
+    return {
+        "run": config["run"],
+        "models": sorted(config["models"]),
+        "benchmark": section["benchmark"],
+        "subtask": section["score"],
+        "condition": BASELINE_CONDITION,
+    }

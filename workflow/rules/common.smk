@@ -47,6 +47,9 @@ FIGURES = ["layerwise_probes"] + [f"task_curves_{task}" for task in TASKS]
 if plan.qualitative_spec(config):
     FIGURES.append("qualitative_examples")
 TABLES = ["best_layers", "paper_comparison"]
+if plan.interventions(config):
+    FIGURES += ["key_variance", "prefix_probes"]
+    TABLES += ["blocking", "prefix_gains", "not_surfaced", "correlation"]
 
 
 def figure_targets():
