@@ -216,3 +216,14 @@ def test_report_has_every_figure_with_a_caption(reference_run, tmp_path):  # noq
     assert figures <= added, figures - added
     for caption in (ROOT / "workflow" / "report").glob("*.rst"):
         assert caption.read_text().strip()
+
+
+def test_comparison_reads_a_named_column_of_another_result_table():
+    frame = pd.DataFrame({"model": ["a", "a"], "subtask": ["Art_Style", "Counting"], "not_surfaced": [0.25, 0.5]})
+    selector = {"table": "interventions/not_surfaced", "statistic": "value", "column": "not_surfaced",
+                "where": {"model": "a", "subtask": "Art_Style"}}
+    entry = {"id": "x", "quantity": "q", "source": "s", "reported": 0.333, "replicated": selector}
+    row = paper_comparison.compare([entry], {"interventions/not_surfaced": frame}).iloc[0]
+    assert row["replication"] == 0.25 and row["difference"] == pytest.approx(0.25 - 0.333)
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['readout'\]"):
+        paper_comparison.replicated_value(frame, {**selector, "where": {"readout": "gram"}}, "x")

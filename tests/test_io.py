@@ -20,3 +20,9 @@ def test_the_leftover_of_a_killed_writer_is_removed_on_the_next_write(tmp_path):
     write_json(tmp_path / "table.csv", {"b": 1, "a": [1, 2]})
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.csv.x.partial", "table.csv"]
     assert (tmp_path / "table.csv").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+
+
+def test_outputs_get_the_mode_of_a_plainly_written_file(tmp_path):
+    write_json(tmp_path / "atomic.json", {})
+    (tmp_path / "plain.json").write_text("{}")
+    assert (tmp_path / "atomic.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode

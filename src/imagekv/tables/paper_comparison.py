@@ -18,6 +18,8 @@ from imagekv.tables import write_table
 
 CAPTION = "Numbers reported by the paper against this replication (fractions; difference = replication - paper)"
 ENTRY_KEYS = {"id", "quantity", "source", "reported", "replicated"}
+SELECTOR_KEYS = {"table", "statistic", "where", "column"}
+PROBES_TABLE = "probes"  # also the source of the footer's provenance
 STATISTICS = ("max", "value")
 
 
@@ -42,31 +44,41 @@ def load_reported(path: str | Path) -> list[dict]:
 def _check_selector(path, name: str, selector: dict | None) -> None:
     if selector is None:
         return
-    if set(selector) != {"table", "statistic", "where"}:
-        raise ValueError(f"{path}: {name}: replicated needs exactly table, statistic and where")
+    if not {"table", "statistic", "where"} <= set(selector) <= SELECTOR_KEYS:
+        raise ValueError(f"{path}: {name}: replicated needs table, statistic and where (and may name a column)")
     if selector["statistic"] not in STATISTICS:
         raise ValueError(f"{path}: {name}: statistic must be one of {STATISTICS}")
-    unknown = sorted(set(selector["where"]) - set(COLUMNS))
-    if unknown:
-        raise ValueError(f"{path}: {name}: unknown result column(s) {unknown}")
+    if selector["table"] == PROBES_TABLE:  # the other tables' columns are checked when read
+        unknown = sorted(set(selector["where"]) - set(COLUMNS))
+        if unknown:
+            raise ValueError(f"{path}: {name}: unknown result column(s) {unknown}")
+
+
+def table_name(path: str, run: str) -> str:
+    """"results/{run}/interventions/not_surfaced.csv" -> "interventions/not_surfaced"."""
+    return Path(path).relative_to(f"results/{run}").with_suffix("").as_posix()
 
 
 def result_tables(reported: str | Path, run: str) -> list[str]:
     """The tidy result tables the entries read: the comparison rule's inputs besides the file."""
-    tables = {entry["replicated"]["table"] for entry in load_reported(reported) if entry["replicated"]}
+    tables = {entry["replicated"]["table"] for entry in load_reported(reported) if entry["replicated"]} | {PROBES_TABLE}
     return [f"results/{run}/{table}.csv" for table in sorted(tables)]
 
 
 def replicated_value(frame: pd.DataFrame, selector: dict, name: str) -> float:
     """Our number for one entry; NaN when this run has no matching rows (e.g. a model left out)."""
+    column = selector.get("column", "value")
+    unknown = sorted((set(selector["where"]) | {column}) - set(frame.columns))
+    if unknown:
+        raise ValueError(f"{name}: table {selector['table']} has no column(s) {unknown}")
     rows = frame
-    for column, value in selector["where"].items():
-        rows = rows[rows[column].astype(str) == str(value)]
+    for column_name, value in selector["where"].items():
+        rows = rows[rows[column_name].astype(str) == str(value)]
     if rows.empty:
         return float("nan")
     if selector["statistic"] == "value" and len(rows) != 1:
         raise ValueError(f"{name}: statistic 'value' needs exactly one row, found {len(rows)}")
-    return float(rows["value"].max())
+    return float(rows[column].max())
 
 
 def compare(entries: list[dict], tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -98,6 +110,6 @@ def _status(entry: dict, ours: float) -> str:
 def write(reported: str | Path, stem: str | Path, run: str, scale: str) -> None:
     entries = load_reported(reported)
     paths = result_tables(reported, run)
-    tables = {Path(path).stem: read_results(path) for path in paths}
-    provenance = Provenance.from_results(pd.concat(tables.values(), ignore_index=True), run, scale)
+    tables = {table_name(path, run): read_results(path) for path in paths}
+    provenance = Provenance.from_results(tables[PROBES_TABLE], run, scale)
     write_table(compare(entries, tables), stem, CAPTION, provenance)
