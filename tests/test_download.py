@@ -38,16 +38,7 @@ from imagekv.datasets.lockfile import LockMismatchError, read_lock
 from imagekv.datasets.sources import SOURCES, Archive, DatasetSource
 from imagekv.datasets.synthetic import write_synthetic
 
-SMOKE = {
-    "pascal5i": {"folds": [0, 1], "shots": 2, "episodes_per_fold": 3},
-    "msrc": {"sets": 2, "images_per_set": 3},
-    "imagenet_s": {"num_classes": 3, "images_per_class": 2},
-    "refcoco": {"images": 4, "num_expressions": 12},
-    "spair": {"num_categories": 2, "images_per_category": 3, "pairs_per_category": 2},
-    "davis": {"clips": 2, "frames": 3},
-    "blink": {"items_per_subtask": 2},
-    "coco_pool": {"images": 5, "num_images": 4},
-}
+from smoke_config import SMOKE_DATASETS as SMOKE
 
 
 # --- A small HTTP server with Range support and scripted failures ------------------------------

@@ -8,10 +8,7 @@ unrelated to the object, whose IoU with it is at most about the object's share o
 cell, within 0.1 of the box size of the right keypoint for a few per cent of the keypoints.
 """
 
-from pathlib import Path
-
 import pytest
-import yaml
 
 from imagekv import plan
 from imagekv.datasets import load_dataset
@@ -21,7 +18,8 @@ from imagekv.features import FeatureStore
 from imagekv.probes import run_probe
 from imagekv.probes.headline import HEADLINE_METRICS
 
-CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+from smoke_config import SMOKE_CONFIG as CONFIG
+
 NOISE_CEILING = 0.3
 
 
