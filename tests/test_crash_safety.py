@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_runs import BIN, RUN_TIMEOUT, differing_outputs, failure_details, reference_run, snakemake, tool_env  # noqa: F401
+from workflow_runs import BIN, RUN_TIMEOUT, differing_outputs, failure_details, snakemake, tool_env  # noqa: F401
 
 RESUME = [["--unlock"], ["--cores", "all", "--rerun-incomplete"]]  # the README's recovery command
 POLL_SECONDS = 0.05
@@ -61,7 +61,7 @@ def run_and_kill_when(project: Path, condition: Callable[[], bool]) -> None:
 
 
 @pytest.mark.slow
-def test_killed_runs_resume_to_identical_outputs(reference_run, tmp_path):  # noqa: F811
+def test_killed_runs_resume_to_identical_outputs(reference_run, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(reference_run[0], project, symlinks=True)  # keeps mtimes and .snakemake records
     for redo in ("results/smoke/*/pascal5i", "results/smoke/probes.csv", "figures/smoke", "paper_tables/smoke", "logs"):

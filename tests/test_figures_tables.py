@@ -10,7 +10,7 @@ from imagekv import cli
 from imagekv.figures import layerwise, task_curves
 from imagekv.figures.style import SMOKE_MARK, Provenance, panels, save, stamp
 from imagekv.tables import best_layers, paper_comparison, write_table
-from workflow_runs import ROOT, failure_details, reference_run, snakemake  # noqa: F401
+from workflow_runs import ROOT, failure_details, snakemake  # noqa: F401
 
 PROVENANCE = Provenance(run="smoke", scale="smoke", models=["llava_onevision"], grid="4x4", prefix="none", samples="fewshot_seg=3")
 
@@ -195,7 +195,7 @@ def test_every_declared_item_has_a_module_and_every_module_an_item():
 
 
 @pytest.mark.slow
-def test_smoke_run_produces_exactly_the_declared_figures_and_tables(reference_run):  # noqa: F811
+def test_smoke_run_produces_exactly_the_declared_figures_and_tables(reference_run):
     project, _ = reference_run
     produced = {
         path.relative_to(project).as_posix()
@@ -207,7 +207,7 @@ def test_smoke_run_produces_exactly_the_declared_figures_and_tables(reference_ru
 
 
 @pytest.mark.slow
-def test_report_has_every_figure_with_a_caption(reference_run, tmp_path):  # noqa: F811
+def test_report_has_every_figure_with_a_caption(reference_run, tmp_path):
     project, _ = reference_run
     result = snakemake(["--report", str(tmp_path / "report.html")], project, timeout=300)
     assert result.returncode == 0, failure_details(result)

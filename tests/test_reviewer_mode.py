@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from workflow_runs import BIN, differing_outputs, failure_details, jobs_run, reference_run, run_tool, snakemake, tool_env  # noqa: F401
+from workflow_runs import BIN, differing_outputs, failure_details, jobs_run, run_tool, snakemake, tool_env  # noqa: F401
 
 GIT_IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.invalid"]
 
@@ -27,7 +27,7 @@ def reviewer(command, cwd):
 
 
 @pytest.fixture(scope="module")
-def pulled_clone(reference_run, tmp_path_factory):  # noqa: F811
+def pulled_clone(reference_run, tmp_path_factory):
     """A clone that pulled the reference run's outputs from a local-folder DVC remote, then ran."""
     base = tmp_path_factory.mktemp("reviewer")
     origin, remote, clone = base / "origin", base / "remote", base / "clone"

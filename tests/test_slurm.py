@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (fixture)
-from workflow_runs import differing_outputs, failure_details, fresh_copy, output_digests, reference_run, snakemake, tool_env  # noqa: F401
+from workflow_runs import differing_outputs, failure_details, fresh_copy, output_digests, snakemake, tool_env  # noqa: F401
 
 GPU_RULES = {"extract_features"}
 SLICE = [
@@ -47,7 +47,7 @@ def slurm_jobs_by_rule(project: Path, cluster: SlurmCluster) -> dict[str, list[d
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, tmp_path_factory):  # noqa: F811
+def slurm_run(slurm_cluster, tmp_path_factory):
     project = fresh_copy(tmp_path_factory.mktemp("slurm") / "project")
     profile = ["--workflow-profile", "workflow/profiles/slurm", *TEST_CLUSTER_OPTIONS]
     result = snakemake([*SLICE, *profile], project, env=slurm_cluster.env(tool_env()))
@@ -73,7 +73,7 @@ def test_gpu_rules_got_a_gpu_and_cpu_rules_did_not(slurm_run):
 
 
 @pytest.mark.slow
-def test_slurm_outputs_are_byte_identical_to_a_local_run(slurm_run, reference_run):  # noqa: F811
+def test_slurm_outputs_are_byte_identical_to_a_local_run(slurm_run, reference_run):
     project, _ = slurm_run
     produced = [path for path in output_digests(project) if path.startswith("results/")]
     assert set(SLICE) <= set(produced)

@@ -1,6 +1,7 @@
 """Fresh copies of the project and the runs the slow end-to-end tests share.
 
-`reference_run` (session fixture) is one clean `snakemake --cores all` in a fresh copy, the only
+`reference_run` (session fixture, defined in conftest.py so that every module shares one) is one
+clean `snakemake --cores all` in a fresh copy, the only
 full smoke run of the test session: the workflow tests read its outputs, and the Slurm,
 crash-safety and reviewer tests compare theirs with it byte for byte.
 """
@@ -16,7 +17,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -82,12 +82,3 @@ def differing_outputs(expected: Path, actual: Path, only: list[str] | None = Non
 
 def failure_details(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-
-
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory) -> tuple[Path, Counter]:
-    """A fresh copy after one clean local smoke run, and the jobs that run started per rule."""
-    project = fresh_copy(tmp_path_factory.mktemp("reference") / "project")
-    result = snakemake(["--cores", "all"], project)
-    assert result.returncode == 0, failure_details(result)
-    return project, jobs_run(result)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 from pathlib import Path
 
 
@@ -197,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Fixed thread counts in the math libraries (set before torch loads them): a library that
+    # lowers its threads under load sums in another order, and outputs would differ in the last bit.
+    for variable in ("MKL_DYNAMIC", "OMP_DYNAMIC"):
+        os.environ.setdefault(variable, "FALSE")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     args.handler(args)
