@@ -54,6 +54,9 @@ class MemorySource:
     def features(self, image_id: str) -> torch.Tensor:
         return self.by_id[image_id]
 
+    def excluded(self, image_id: str) -> None:
+        return None
+
     def text(self, text: str) -> torch.Tensor:
         """The one-hot of the id named by text "id=<k>" at the perfect layer, noise at the other."""
         perfect = torch.zeros(self.dim)

@@ -24,6 +24,7 @@ FIGURES = {
 TABLES = {
     "best_layers": "imagekv.tables.best_layers",
     "paper_comparison": "imagekv.tables.paper_comparison",
+    "artifact_masking": "imagekv.tables.artifact_masking",
     "blocking": "imagekv.tables.blocking",
     "prefix_gains": "imagekv.tables.prefix_gains",
     "not_surfaced": "imagekv.tables.not_surfaced",
@@ -90,6 +91,13 @@ def key_variance(args: argparse.Namespace) -> None:
     from imagekv.interventions import workflow
 
     workflow.key_variance(json.loads(args.spec), Path(args.features), Path(args.output_json), Path(args.output_csv))
+
+
+def masked_probes(args: argparse.Namespace) -> None:
+    from imagekv.interventions.masked_probes import masked_probes as run
+
+    _limit_threads(args.threads)
+    run(json.loads(args.spec), Path(args.flags), Path(args.output))
 
 
 def blink_answers(args: argparse.Namespace) -> None:
@@ -171,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--features", required=True, help="the fixed-layout feature store of the image pool")
     sub.add_argument("--output-json", required=True)
     sub.add_argument("--output-csv", required=True)
+    sub = command("masked-probes", masked_probes, threads=True)
+    sub.add_argument("--flags", required=True, help="the model's key_variance.json")
+    sub.add_argument("--output", required=True)
     sub = command("blink-answers", blink_answers, threads=True)
     sub.add_argument("--flags", required=True, help="the model's key_variance.json")
     sub.add_argument("--output", required=True)

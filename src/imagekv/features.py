@@ -10,6 +10,7 @@ import hashlib
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -106,3 +107,40 @@ class FeatureView:
         if self.representation != "values":
             raise KeyError(f"{self.store.manifest_path}: no text features in the {self.representation!r} space")
         return self.store.text(text)
+
+    def excluded(self, image_id: str) -> None:
+        """No token is excluded from the probes (see LayerView)."""
+        return None
+
+
+class LayerView:
+    """One layer of a FeatureView, as a probe's FeatureSource, optionally with some token positions
+    of a fixed layout excluded from the probe (SPEC E4.3: masking input-agnostic tokens)."""
+
+    def __init__(self, view: FeatureView, index: int, excluded: np.ndarray | None = None):
+        """`index` into view.layers; `excluded`: bool [positions] over the raster grid every image
+        must then have, or None."""
+        self.view, self.index = view, index
+        self.layers = (view.layers[index],)
+        self._excluded = None if excluded is None else np.asarray(excluded, dtype=bool)
+
+    def grid(self, image_id: str) -> TokenGrid:
+        return self.view.grid(image_id)
+
+    def features(self, image_id: str) -> torch.Tensor:
+        return self.view.features(image_id)[self.index : self.index + 1]
+
+    def text(self, text: str) -> torch.Tensor:
+        return self.view.text(text)[self.index : self.index + 1]
+
+    def excluded(self, image_id: str) -> np.ndarray | None:
+        """bool [rows*cols]: the image's tokens the probe must ignore, or None."""
+        if self._excluded is None:
+            return None
+        grid = self.grid(image_id)
+        if grid.num_tokens != len(self._excluded):
+            raise ValueError(
+                f"{self.view.store.manifest_path}: image {image_id!r} has a {grid.rows}x{grid.cols} grid, but the "
+                f"excluded positions refer to a layout of {len(self._excluded)}; extract in the fixed layout"
+            )
+        return self._excluded

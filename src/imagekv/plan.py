@@ -203,6 +203,26 @@ def key_variance_features(config: dict, model: str) -> str:
     return features_path(config["run"], model, section["dataset"], section["prefix"])
 
 
+def masked_probes_spec(config: dict, model: str) -> dict:
+    """E4.3: the value probe of each chosen task on the stores of the key-variance prefix, at the
+    masked layers under each masking condition."""
+    section = interventions(config)["masked_probes"]
+    run, prefix = config["run"], interventions(config)["key_variance"]["prefix"]
+    tasks = {}
+    for task in section["tasks"]:
+        dataset = config["probes"][task]["dataset"]
+        tasks[task] = probe_spec(config, model, dataset, prefix, "values") | {
+            "features": features_path(run, model, dataset, prefix)
+        }
+    masking = {k: section[k] for k in ("layers", "conditions", "random_seed")}
+    return {"run": run, "model": model, "masking": masking, "tasks": tasks}
+
+
+def masked_probes_inputs(config: dict, model: str) -> list[str]:
+    tasks = masked_probes_spec(config, model)["tasks"].values()
+    return sorted({task["features"] for task in tasks} | {task["dataset_root"] for task in tasks})
+
+
 def blink_spec(config: dict, model: str) -> dict:
     """E4 blocking evaluation of one MLM on the BLINK questions, under every blocking condition."""
     section = interventions(config)["blocking"]

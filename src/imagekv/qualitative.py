@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from imagekv.datasets import load_dataset
-from imagekv.features import FeatureStore
+from imagekv.features import FeatureStore, LayerView
 from imagekv.images import load_rgb
 from imagekv.io import atomic_path, write_json
 from imagekv.probes import resolve_params
@@ -55,25 +55,11 @@ def write_examples(spec: dict, probes: Path, output: Path) -> None:
     write_json(output.with_suffix(".json"), meta)
 
 
-class _LayerView:
-    """One layer of a store's representation, as a FeatureSource."""
-
-    def __init__(self, view, index: int):
-        self.view, self.index = view, index
-        self.layers = (view.layers[index],)
-
-    def grid(self, image_id):
-        return self.view.grid(image_id)
-
-    def features(self, image_id):
-        return self.view.features(image_id)[self.index : self.index + 1]
-
-
-def _single_layer(store: FeatureStore, name: str, layer: int) -> _LayerView:
+def _single_layer(store: FeatureStore, name: str, layer: int) -> LayerView:
     """The MLM's values at `layer`; the projection and SigLIP have one layer only."""
     representation = "projection" if name.endswith("projection") else "values"
     view = store.view(representation)
-    return _LayerView(view, view.layers.index(layer) if len(view.layers) > 1 else 0)
+    return LayerView(view, view.layers.index(layer) if len(view.layers) > 1 else 0)
 
 
 def fewshot_example(dataset, sources: dict, params: dict) -> dict[str, np.ndarray]:

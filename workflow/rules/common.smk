@@ -49,7 +49,13 @@ if plan.qualitative_spec(config):
 TABLES = ["best_layers", "paper_comparison"]
 if plan.interventions(config):
     FIGURES += ["key_variance", "prefix_probes"]
-    TABLES += ["blocking", "prefix_gains", "not_surfaced", "correlation"]
+    TABLES += [
+        "artifact_masking",
+        "blocking",
+        "prefix_gains",
+        "not_surfaced",
+        "correlation",
+    ]
 
 
 def figure_targets():

@@ -35,9 +35,45 @@ rule collect_key_variance:
         "logs/{run}/interventions/collect_key_variance.log",
     conda:
         "../../envs/plots.yaml"
+    params:
+        sort="model,metric,threshold,layer",
     shell:
-        "python -m imagekv concat --sort model,metric,threshold,layer --output {output:q} {input:q}"
+        "python -m imagekv concat --sort {params.sort} --output {output:q} {input:q}"
         " > {log:q} 2>&1"
+
+
+rule masked_probes:
+    input:
+        flags=plan.intervention_path("{run}", "key_variance.json", "{backbone}"),
+        stores=lambda wc: plan.masked_probes_inputs(config, wc.backbone),
+    output:
+        plan.intervention_path("{run}", "masked_probes.csv", "{backbone}"),
+    log:
+        "logs/{run}/interventions/masked_probes/{backbone}.log",
+    wildcard_constraints:
+        backbone="|".join(MLMS),
+    conda:
+        "../../envs/probes.yaml"
+    threads: 1
+    params:
+        spec=lambda wc: as_json(plan.masked_probes_spec(config, wc.backbone)),
+    shell:
+        "python -m imagekv masked-probes --spec {params.spec:q} --flags {input.flags:q}"
+        " --output {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+use rule collect_key_variance as collect_masked_probes with:
+    input:
+        expand(
+            plan.intervention_path("{{run}}", "masked_probes.csv", "{model}"),
+            model=MLMS,
+        ),
+    output:
+        plan.intervention_path("{run}", "masked_probes.csv"),
+    log:
+        "logs/{run}/interventions/collect_masked_probes.log",
+    params:
+        sort="model,task,layer,condition,metric",
 
 
 rule blink_answers:
@@ -195,6 +231,26 @@ rule table_blocking:
         "python -m imagekv table {params.name} --input {input.results:q}"
         " --run {wildcards.run} --scale {params.scale} --output {params.stem:q}"
         " > {log:q} 2>&1"
+
+
+use rule table_blocking as table_artifact_masking with:
+    input:
+        results=plan.intervention_path("{run}", "masked_probes.csv"),
+        code=TABLE_CODE + ["src/imagekv/tables/artifact_masking.py"],
+    output:
+        report(
+            "paper_tables/{run}/artifact_masking.csv",
+            caption="../report/artifact_masking.rst",
+            category="Tables",
+        ),
+        "paper_tables/{run}/artifact_masking.md",
+        "paper_tables/{run}/artifact_masking.tex",
+    log:
+        "logs/{run}/tables/artifact_masking.log",
+    params:
+        scale=config["scale"],
+        name="artifact_masking",
+        stem="paper_tables/{run}/artifact_masking",
 
 
 use rule table_blocking as table_prefix_gains with:

@@ -5,7 +5,7 @@ One forward pass per image, on the prompt `header + prefix + image` of the model
 there. The cache holds, per LM layer, keys after RoPE and values of shape
 [batch, kv_heads, seq, head_dim]; at the image positions that the adapter puts on a raster grid, the
 KV heads are concatenated per token into [layers, rows, cols, kv_heads*head_dim]. The projection is
-the LM's input embedding at the same positions (`hidden_states[0]`, SPEC 2.3a).
+the LM's input embedding at the same positions (what `hidden_states[0]` holds, SPEC 2.3a).
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ class VlmBackbone(Backbone):
     def _encode_one(self, image: Image.Image, prefix: str, layers: Sequence[int] | None) -> BackboneOutput:
         inputs = self.model_inputs(image, prefix)
         layers = tuple(range(self.num_layers)) if layers is None else tuple(layers)
-        with self._pre_rope_keys(layers) as pre_rope:
-            out = self.model(**inputs, use_cache=True, output_hidden_states=True)
+        with self._pre_rope_keys(layers) as pre_rope, self._lm_input() as lm_input:
+            out = self.model(**inputs, use_cache=True)
         image_positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).squeeze(1)
         token_index, grid = self.grid_tokens(inputs, image, len(image_positions))
         positions = image_positions[token_index.to(image_positions.device)]
@@ -102,10 +102,25 @@ class VlmBackbone(Backbone):
         return BackboneOutput(
             values=torch.stack(values).reshape(len(layers), *shape).cpu(),
             keys=torch.stack(keys).reshape(len(layers), *shape).cpu(),
-            projection=out.hidden_states[0][0, positions].reshape(*shape).cpu(),
+            projection=lm_input["inputs_embeds"][0, positions].reshape(*shape).cpu(),
             grid=grid,
             layers=layers,
         )
+
+    @contextmanager
+    def _lm_input(self):
+        """Collect the embeddings the LM receives (image features merged in): the projection. A hook
+        rather than output_hidden_states, which would keep every layer's hidden states."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(module, args, kwargs):
+            captured["inputs_embeds"] = kwargs["inputs_embeds"]
+
+        handle = self.model.get_decoder().register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            yield captured
+        finally:
+            handle.remove()
 
     @contextmanager
     def _pre_rope_keys(self, layers: Sequence[int]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from imagekv.datasets.schema import Sample
@@ -31,6 +32,10 @@ class FeatureSource(Protocol):
 
     def text(self, text: str) -> torch.Tensor:
         """float32 [L, C]: the value of the text's last token per layer."""
+
+    def excluded(self, image_id: str) -> np.ndarray | None:
+        """bool [rows*cols]: tokens the probe ignores at every layer (SPEC E4.3): never a training
+        token, cluster member or nearest-neighbour candidate, and predicted as background. None: none."""
 
 
 ProbeFn = Callable[[Iterable[Sample], FeatureSource, dict], list[dict]]

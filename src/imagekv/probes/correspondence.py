@@ -16,7 +16,7 @@ import torch
 
 from imagekv.datasets.schema import KeypointPair
 from imagekv.probes import FeatureSource, metric_rows
-from imagekv.probes.features import token_features
+from imagekv.probes.features import keep_tokens, token_features
 from imagekv.probes.metrics import pck_hits
 
 DEFAULTS = {"alpha": 0.1}
@@ -45,11 +45,16 @@ def pair_hits(pair: KeypointPair, source: FeatureSource, alpha: float) -> np.nda
 
 
 def predict_points(pair: KeypointPair, source: FeatureSource, points: np.ndarray) -> np.ndarray:
-    """[L, N, 2] predicted target (x, y) of source points [N, 2]."""
+    """[L, N, 2] predicted target (x, y) of source points [N, 2]; excluded target tokens are never
+    a candidate."""
     source_grid, target_grid = source.grid(pair.source), source.grid(pair.target)
     cells = [source_grid.token_of_point(x, y) for x, y in points]
     index = torch.tensor([row * source_grid.cols + col for row, col in cells], dtype=torch.long)
     source_tokens = token_features(source, pair.source)
     queries = source_tokens[:, index.to(source_tokens.device)]  # [L, N, C]
     similarity = torch.bmm(queries, token_features(source, pair.target).transpose(1, 2))  # [L, N, T]
+    candidates = torch.from_numpy(keep_tokens(source, pair.target)).to(similarity.device)
+    if not candidates.any():
+        raise ValueError(f"pair {pair.pair_id}: every token of target {pair.target!r} is excluded")
+    similarity = similarity.masked_fill(~candidates, float("-inf"))
     return target_grid.centers()[similarity.argmax(-1).cpu().numpy()]

@@ -19,7 +19,7 @@ import torch
 from imagekv.datasets.schema import CosegSet
 from imagekv.grid import TokenGrid
 from imagekv.probes import FeatureSource, metric_rows
-from imagekv.probes.features import stacked_token_features, to_pixels
+from imagekv.probes.features import keep_tokens, stacked_token_features, to_pixels
 from imagekv.probes.kmeans import kmeans
 from imagekv.probes.metrics import intersection_union, iou, pixel_accuracy
 
@@ -54,14 +54,20 @@ def run(samples: Iterable[CosegSet], source: FeatureSource, params: dict) -> lis
 
 
 def segment_set(image_set: CosegSet, source: FeatureSource, params: dict) -> list[np.ndarray]:
-    """Per image, the predicted foreground [L, H, W] bool."""
+    """Per image, the predicted foreground [L, H, W] bool; excluded tokens are left out of the
+    clustering and predicted as background."""
     grids = [source.grid(image_id) for image_id in image_set.image_ids]
-    tokens = stacked_token_features(source, image_set.image_ids)
+    keeps = [keep_tokens(source, image_id) for image_id in image_set.image_ids]
+    keep = torch.from_numpy(np.concatenate(keeps))
+    if not keep.any():
+        raise ValueError(f"coseg set {image_set.set_id}: every token is excluded")
+    tokens = stacked_token_features(source, image_set.image_ids, keeps)
     labels = kmeans(tokens, params["k"], n_init=params["n_init"], max_iter=params["max_iter"], seed=params["seed"])
-    image_of_token = torch.cat([torch.full((g.num_tokens,), i) for i, g in enumerate(grids)]).to(labels.device)
-    border = torch.cat([torch.from_numpy(border_tokens(g)) for g in grids]).to(labels.device)
+    image_of_token = torch.cat([torch.full((g.num_tokens,), i) for i, g in enumerate(grids)])[keep].to(labels.device)
+    border = torch.cat([torch.from_numpy(border_tokens(g)) for g in grids])[keep].to(labels.device)
     foreground = foreground_clusters(labels, image_of_token, border, len(grids), params)  # [L, K]
-    token_fg = foreground.gather(1, labels).float()  # [L, N]
+    token_fg = torch.zeros(labels.shape[0], len(keep), device=labels.device)
+    token_fg[:, keep.to(labels.device)] = foreground.gather(1, labels).float()  # [L, N]
     pieces = torch.split(token_fg, [g.num_tokens for g in grids], dim=1)
     return [to_pixels(piece, grid) >= 0.5 for piece, grid in zip(pieces, grids)]
 

@@ -58,6 +58,15 @@ def stacked_token_features(
     return out
 
 
+def keep_tokens(source: "FeatureSource", image_id: str, keep: np.ndarray | None = None) -> np.ndarray:
+    """bool [rows*cols]: the image's tokens a probe may use, `keep` (default all) minus the
+    source's excluded tokens."""
+    if keep is None:
+        keep = np.ones(source.grid(image_id).num_tokens, dtype=bool)
+    excluded = source.excluded(image_id)
+    return keep if excluded is None else keep & ~excluded
+
+
 def token_labels(
     mask: np.ndarray, grid: TokenGrid, threshold: float = 0.5, ambiguous: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 
 from imagekv.datasets.schema import SegEpisode
 from imagekv.probes import FeatureSource, metric_rows
-from imagekv.probes.features import stacked_token_features, to_pixels, token_features, token_labels
+from imagekv.probes.features import keep_tokens, stacked_token_features, to_pixels, token_features, token_labels
 from imagekv.probes.logistic import fit_logistic
 from imagekv.probes.metrics import class_miou, fb_iou, intersection_union
 
@@ -72,11 +72,16 @@ def query_probabilities(episode: SegEpisode, source: FeatureSource, params: dict
     features, labels = support_tokens(episode, source, params)
     query = token_features(source, episode.query)
     if labels.min() == labels.max():  # one class only: nothing to fit, predict it everywhere
-        return torch.full(query.shape[:2], float(labels[0]), device=query.device)
-    fit = fit_logistic(
-        features, labels, C=params["C"], tol=params["tol"], max_newton=params["max_newton"], max_cg=params["max_cg"]
-    )
-    return torch.sigmoid(fit.logits(query))
+        probabilities = torch.full(query.shape[:2], float(labels[0]), device=query.device)
+    else:
+        fit = fit_logistic(
+            features, labels, C=params["C"], tol=params["tol"], max_newton=params["max_newton"], max_cg=params["max_cg"]
+        )
+        probabilities = torch.sigmoid(fit.logits(query))
+    excluded = source.excluded(episode.query)
+    if excluded is not None:
+        probabilities[:, torch.from_numpy(excluded).to(probabilities.device)] = 0.0  # background
+    return probabilities
 
 
 def support_tokens(episode: SegEpisode, source: FeatureSource, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,9 +91,9 @@ def support_tokens(episode: SegEpisode, source: FeatureSource, params: dict) -> 
         token_labels(mask, source.grid(image_id), params["label_threshold"], ambiguous)
         for image_id, mask in zip(episode.support, episode.support_masks, strict=True)
     ]
-    usable = [keep for _, keep in labelled]
+    usable = [keep_tokens(source, image_id, keep) for image_id, (_, keep) in zip(episode.support, labelled)]
     if not any(keep.any() for keep in usable):
-        raise ValueError(f"episode {episode.episode_id}: every support token is void")
+        raise ValueError(f"episode {episode.episode_id}: every support token is void or excluded")
     features = stacked_token_features(source, episode.support, usable)
-    labels = torch.from_numpy(np.concatenate([label[keep] for label, keep in labelled]))
+    labels = torch.from_numpy(np.concatenate([label[keep] for (label, _), keep in zip(labelled, usable)]))
     return features, labels.to(features.device)

@@ -19,7 +19,7 @@ import torch
 from imagekv.datasets.schema import VideoClip
 from imagekv.grid import TokenGrid
 from imagekv.probes import FeatureSource, metric_rows
-from imagekv.probes.features import soft_token_labels, to_pixels, token_features
+from imagekv.probes.features import keep_tokens, soft_token_labels, to_pixels, token_features
 from imagekv.probes.metrics import davis_eval_frames, davis_frame_scores, davis_objects
 
 DEFAULTS = {
@@ -71,25 +71,35 @@ def propagate(clip: VideoClip, source: FeatureSource, params: dict, num_labels: 
     first_labels = torch.from_numpy(soft_token_labels(clip.label_maps[0], grid, num_labels)).to(first_features.device)
     first_labels = first_labels.expand(first_features.shape[0], -1, -1)  # [L, T, labels]
     window = neighbourhood(grid, params["radius"]).to(first_features.device)
-    previous: list[tuple[torch.Tensor, torch.Tensor]] = []  # the last n_previous frames
+    first = (first_features, first_labels, _kept(source, clip.frame_ids[0], first_features.device))
+    previous: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # the last n_previous frames
     for frame_id in clip.frame_ids[1:]:
         if (frame_grid := source.grid(frame_id)) != grid:
             raise ValueError(f"clip {clip.clip_id}: frame {frame_id} has grid {frame_grid}, frame 0 has {grid}")
         features = token_features(source, frame_id)
-        labels = propagate_frame(features, [(first_features, first_labels), *previous], window, params)
-        previous.append((features, labels))
+        keep = _kept(source, frame_id, features.device)
+        labels = propagate_frame(features, [first, *previous], window, params)
+        labels[:, ~keep] = torch.nn.functional.one_hot(torch.tensor(0), labels.shape[-1]).to(labels)  # background
+        previous.append((features, labels, keep))
         previous = previous[max(len(previous) - params["n_previous"], 0):]
         yield np.stack([to_pixels(layer.T, grid).argmax(0) for layer in labels])
 
 
+def _kept(source: FeatureSource, frame_id: str, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(keep_tokens(source, frame_id)).to(device)
+
+
 def propagate_frame(
-    features: torch.Tensor, context: list[tuple[torch.Tensor, torch.Tensor]], window: torch.Tensor, params: dict
+    features: torch.Tensor, context: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], window: torch.Tensor,
+    params: dict,
 ) -> torch.Tensor:
-    """Soft labels [L, T, labels] of one frame from the context frames' features and labels."""
-    context_features = torch.cat([f for f, _ in context], dim=1)  # [L, M, C]
-    context_labels = torch.cat([lab for _, lab in context], dim=1)  # [L, M, labels]
-    allowed = window.repeat(1, len(context))  # [T, M]
-    topk = min(params["topk"], int(allowed.sum(1).min()))
+    """Soft labels [L, T, labels] of one frame from the context frames' (features, labels, kept
+    tokens). A token with fewer than top-k candidates in its window uses those it has; with none,
+    it gets no label mass (arg-max: background)."""
+    context_features = torch.cat([f for f, _, _ in context], dim=1)  # [L, M, C]
+    context_labels = torch.cat([lab for _, lab, _ in context], dim=1)  # [L, M, labels]
+    allowed = torch.cat([window & keep[None, :] for _, _, keep in context], dim=1)  # [T, M]
+    topk = min(params["topk"], int(allowed.sum(1).max()))
     chunk = max(1, AFFINITY_BUDGET // allowed.numel())
     out = []
     for start in range(0, features.shape[0], chunk):
@@ -97,7 +107,7 @@ def propagate_frame(
         affinity = torch.bmm(features[part], context_features[part].transpose(1, 2)) / params["temperature"]
         affinity = affinity.masked_fill(~allowed, float("-inf"))
         values, index = affinity.topk(topk, dim=-1)  # [l, T, k]
-        weights = torch.softmax(values, dim=-1)
+        weights = torch.softmax(values, dim=-1).nan_to_num(0.0)  # NaN: a row without candidates
         gathered = torch.stack([labels[idx] for labels, idx in zip(context_labels[part], index)])  # [l, T, k, labels]
         out.append((weights[..., None] * gathered).sum(2))
     return torch.cat(out)

@@ -16,7 +16,7 @@ import torch
 
 from imagekv.datasets.schema import TextQuery
 from imagekv.probes import FeatureSource, metric_rows
-from imagekv.probes.features import l2_normalize, probe_device, to_pixels, token_features
+from imagekv.probes.features import keep_tokens, l2_normalize, probe_device, to_pixels, token_features
 from imagekv.probes.metrics import class_miou, intersection_union, iou, pointing_hit
 
 DEFAULTS = {
@@ -64,12 +64,17 @@ def _score_queries(samples, source, params) -> tuple[list[str], np.ndarray, np.n
 
 
 def query_scores(query: TextQuery, source: FeatureSource, similarity: str) -> torch.Tensor:
-    """[L, T] per-layer text-image similarity, min-max normalised over the image's tokens."""
+    """[L, T] per-layer text-image similarity, min-max normalised over the image's tokens; excluded
+    tokens score 0 (background) and take no part in the normalisation."""
     cosine = similarity == "cosine"
     image = token_features(source, query.image_id, normalize=cosine)  # [L, T, C]
     text = source.text(query.text).to(probe_device(), torch.float32)  # [L, C]
     if cosine:
         text = l2_normalize(text)
     scores = torch.einsum("ltc,lc->lt", image, text)
-    low, high = scores.amin(1, keepdim=True), scores.amax(1, keepdim=True)
-    return (scores - low) / (high - low).clamp_min(1e-12)
+    keep = torch.from_numpy(keep_tokens(source, query.image_id)).to(scores.device)
+    if not keep.any():
+        raise ValueError(f"text query on {query.image_id!r}: every token is excluded")
+    low = scores.masked_fill(~keep, float("inf")).amin(1, keepdim=True)
+    high = scores.masked_fill(~keep, float("-inf")).amax(1, keepdim=True)
+    return ((scores - low) / (high - low).clamp_min(1e-12)).masked_fill(~keep, 0.0)
