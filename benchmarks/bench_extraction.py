@@ -10,7 +10,7 @@ For each backbone:
 - memory: peak RSS of a whole extraction run in a fresh process at 10 and at 200 images (target flat,
   <= 1.1x).
 
-    PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/bench_extraction.py [--images 20] [--models ...]
+    PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/bench_extraction.py [--images 100] [--models ...]
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def rss_child(model: str, root: str, images: int, out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=20, help="images for the time and bytes figures")
+    parser.add_argument("--images", type=int, default=100, help="images for the time and bytes figures")
     parser.add_argument("--models", nargs="+", default=list(TINY_TWINS), choices=list(TINY_TWINS))
     parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
