@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -124,7 +123,16 @@ def peak_rss_mb(model: str, root: Path, images: int, work: Path) -> float:
 def rss_child(model: str, root: str, images: int, out: str) -> None:
     spec = spec_for(model, Path(root), images)
     Extraction(spec, load_dataset("coco_pool", Path(root), spec["dataset_cfg"]), Path(out) / "manifest.json").run()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+    print(peak_rss_of_this_process_mb())
+
+
+def peak_rss_of_this_process_mb() -> float:
+    """VmHWM, the peak RSS of this process's own memory map. Not ru_maxrss: Linux carries that over
+    from the parent across fork and exec, so a child forked from a large parent reports the parent's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def main() -> None:
