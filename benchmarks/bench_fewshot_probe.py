@@ -129,5 +129,6 @@ def main() -> None:
               f"{np.abs(ours_miou - sk_miou).max():.5f} (target <= 0.01)")
         print(f"mIoU per layer: batched {np.round(ours_miou, 3).tolist()}")
 
+
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ import torch
 
 from imagekv.datasets.schema import KeypointPair
 from imagekv.probes import FeatureSource, metric_rows
-from imagekv.probes.features import keep_tokens, token_features
+from imagekv.probes.features import kept_tokens, token_features
 from imagekv.probes.metrics import pck_hits
 
 DEFAULTS = {"alpha": 0.1}
@@ -53,7 +53,7 @@ def predict_points(pair: KeypointPair, source: FeatureSource, points: np.ndarray
     source_tokens = token_features(source, pair.source)
     queries = source_tokens[:, index.to(source_tokens.device)]  # [L, N, C]
     similarity = torch.bmm(queries, token_features(source, pair.target).transpose(1, 2))  # [L, N, T]
-    candidates = torch.from_numpy(keep_tokens(source, pair.target)).to(similarity.device)
+    candidates = kept_tokens(source, pair.target)
     if not candidates.any():
         raise ValueError(f"pair {pair.pair_id}: every token of target {pair.target!r} is excluded")
     similarity = similarity.masked_fill(~candidates, float("-inf"))

@@ -67,6 +67,11 @@ def keep_tokens(source: "FeatureSource", image_id: str, keep: np.ndarray | None 
     return keep if excluded is None else keep & ~excluded
 
 
+def kept_tokens(source: "FeatureSource", image_id: str) -> torch.Tensor:
+    """keep_tokens as a bool tensor on the probe device."""
+    return torch.from_numpy(keep_tokens(source, image_id)).to(probe_device())
+
+
 def token_labels(
     mask: np.ndarray, grid: TokenGrid, threshold: float = 0.5, ambiguous: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,14 @@ import torch
 
 from imagekv.datasets.schema import SegEpisode
 from imagekv.probes import FeatureSource, metric_rows
-from imagekv.probes.features import keep_tokens, stacked_token_features, to_pixels, token_features, token_labels
+from imagekv.probes.features import (
+    keep_tokens,
+    kept_tokens,
+    stacked_token_features,
+    to_pixels,
+    token_features,
+    token_labels,
+)
 from imagekv.probes.logistic import fit_logistic
 from imagekv.probes.metrics import class_miou, fb_iou, intersection_union
 
@@ -78,9 +85,7 @@ def query_probabilities(episode: SegEpisode, source: FeatureSource, params: dict
             features, labels, C=params["C"], tol=params["tol"], max_newton=params["max_newton"], max_cg=params["max_cg"]
         )
         probabilities = torch.sigmoid(fit.logits(query))
-    excluded = source.excluded(episode.query)
-    if excluded is not None:
-        probabilities[:, torch.from_numpy(excluded).to(probabilities.device)] = 0.0  # background
+    probabilities[:, ~kept_tokens(source, episode.query)] = 0.0  # excluded tokens: background
     return probabilities
 
 

@@ -19,7 +19,7 @@ import torch
 from imagekv.datasets.schema import VideoClip
 from imagekv.grid import TokenGrid
 from imagekv.probes import FeatureSource, metric_rows
-from imagekv.probes.features import keep_tokens, soft_token_labels, to_pixels, token_features
+from imagekv.probes.features import kept_tokens, soft_token_labels, to_pixels, token_features
 from imagekv.probes.metrics import davis_eval_frames, davis_frame_scores, davis_objects
 
 DEFAULTS = {
@@ -71,22 +71,18 @@ def propagate(clip: VideoClip, source: FeatureSource, params: dict, num_labels: 
     first_labels = torch.from_numpy(soft_token_labels(clip.label_maps[0], grid, num_labels)).to(first_features.device)
     first_labels = first_labels.expand(first_features.shape[0], -1, -1)  # [L, T, labels]
     window = neighbourhood(grid, params["radius"]).to(first_features.device)
-    first = (first_features, first_labels, _kept(source, clip.frame_ids[0], first_features.device))
+    first = (first_features, first_labels, kept_tokens(source, clip.frame_ids[0]))
     previous: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # the last n_previous frames
     for frame_id in clip.frame_ids[1:]:
         if (frame_grid := source.grid(frame_id)) != grid:
             raise ValueError(f"clip {clip.clip_id}: frame {frame_id} has grid {frame_grid}, frame 0 has {grid}")
         features = token_features(source, frame_id)
-        keep = _kept(source, frame_id, features.device)
+        keep = kept_tokens(source, frame_id)
         labels = propagate_frame(features, [first, *previous], window, params)
         labels[:, ~keep] = torch.nn.functional.one_hot(torch.tensor(0), labels.shape[-1]).to(labels)  # background
         previous.append((features, labels, keep))
         previous = previous[max(len(previous) - params["n_previous"], 0):]
         yield np.stack([to_pixels(layer.T, grid).argmax(0) for layer in labels])
-
-
-def _kept(source: FeatureSource, frame_id: str, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(keep_tokens(source, frame_id)).to(device)
 
 
 def propagate_frame(

@@ -16,7 +16,7 @@ import torch
 
 from imagekv.datasets.schema import TextQuery
 from imagekv.probes import FeatureSource, metric_rows
-from imagekv.probes.features import keep_tokens, l2_normalize, probe_device, to_pixels, token_features
+from imagekv.probes.features import kept_tokens, l2_normalize, probe_device, to_pixels, token_features
 from imagekv.probes.metrics import class_miou, intersection_union, iou, pointing_hit
 
 DEFAULTS = {
@@ -72,7 +72,7 @@ def query_scores(query: TextQuery, source: FeatureSource, similarity: str) -> to
     if cosine:
         text = l2_normalize(text)
     scores = torch.einsum("ltc,lc->lt", image, text)
-    keep = torch.from_numpy(keep_tokens(source, query.image_id)).to(scores.device)
+    keep = kept_tokens(source, query.image_id)
     if not keep.any():
         raise ValueError(f"text query on {query.image_id!r}: every token is excluded")
     low = scores.masked_fill(~keep, float("inf")).amin(1, keepdim=True)

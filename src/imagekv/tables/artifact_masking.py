@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from imagekv.figures.prefix_probes import headline
 from imagekv.figures.style import MODEL_LABELS, Provenance
 from imagekv.interventions.masked_probes import CONDITIONS
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER
@@ -17,10 +18,6 @@ from imagekv.tables import write_table
 
 CAPTION = "Value probes at late layers with the input-agnostic tokens excluded, against random tokens excluded"
 BASELINE = "none"
-
-
-def headline(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["metric"] == frame["task"].map(HEADLINE_METRICS)]
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
