@@ -20,8 +20,9 @@ from sklearn.metrics import adjusted_rand_score
 from imagekv.datasets.schema import VOID, CosegSet, KeypointPair, SegEpisode, TextQuery, VideoClip
 from imagekv.grid import TokenGrid
 from imagekv.probes import probe_defaults, resolve_params, run_probe
-from imagekv.probes.features import to_pixels, token_labels
-from imagekv.probes.fewshot_seg import episode_counts, support_tokens
+from imagekv.probes import features as probe_features
+from imagekv.probes.features import layer_blocks, to_pixels, token_labels
+from imagekv.probes.fewshot_seg import episode_counts, query_probabilities, support_tokens
 from imagekv.probes.kmeans import kmeans
 from imagekv.probes.logistic import fit_logistic
 from imagekv.probes.metrics import intersection_union
@@ -143,15 +144,21 @@ def test_batched_logistic_matches_sklearn_per_layer(seed):
         np.testing.assert_allclose(ours[layer], expected, atol=1e-3)
 
 
+def non_separable_episodes(num: int, seed: int) -> tuple[list[SegEpisode], MemorySource]:
+    """make_episodes with noise added to both layers: realistic, non-separable features."""
+    generator = torch.Generator().manual_seed(seed)
+    episodes, source = make_episodes(num, seed=seed)
+    for image_id in list(source.by_id):
+        noise = torch.randn(2, CELLS, CELLS, source.dim, generator=generator)
+        source.by_id[image_id] = source.by_id[image_id] + 0.8 * noise
+    return episodes, source
+
+
 def test_fewshot_ious_equal_sklearn_pipeline():
     """The probe's pixel counts equal those of sklearn fitted per layer on the same tokens. Both
     solvers run to a tight tolerance: at the default ones, probabilities agree within 1e-3 (above),
     which can still flip the odd pixel whose probability is within 1e-3 of the threshold."""
-    generator = torch.Generator().manual_seed(5)
-    episodes, source = make_episodes(3, seed=5)
-    for image_id in list(source.by_id):  # realistic, non-separable features on both layers
-        noise = torch.randn(2, CELLS, CELLS, source.dim, generator=generator)
-        source.by_id[image_id] = source.by_id[image_id] + 0.8 * noise
+    episodes, source = non_separable_episodes(3, seed=5)
     params = resolve_params("fewshot_seg", {"tol": 1e-8})
     for episode in episodes:
         features, labels = support_tokens(episode, source, params)
@@ -164,6 +171,25 @@ def test_fewshot_ious_equal_sklearn_pipeline():
             expected = intersection_union(pred, episode.query_mask)
             counts = episode_counts(episode, source, params)
             assert (counts[0, layer], counts[1, layer]) == expected
+
+
+def test_layer_blocks_partition_the_layers_within_the_cache_budget(monkeypatch):
+    monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 3000)
+    blocks = layer_blocks(10, layer_bytes=1000)
+    assert [(b.start, b.stop) for b in blocks] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert layer_blocks(10, layer_bytes=5000) == [slice(k, k + 1) for k in range(10)]  # never empty
+    monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 16 * 2**20)
+    assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(k, k + 2) for k in range(0, 28, 2)]
+
+
+def test_fewshot_probabilities_do_not_depend_on_the_layer_blocks(monkeypatch):
+    """One block of all layers or one block per layer: the same classifiers, to solver tolerance."""
+    episodes, source = non_separable_episodes(2, seed=3)
+    params = resolve_params("fewshot_seg", {"tol": 1e-8})
+    whole = [query_probabilities(e, source, params) for e in episodes]
+    monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 1)
+    for episode, expected in zip(episodes, whole, strict=True):
+        torch.testing.assert_close(query_probabilities(episode, source, params), expected, atol=1e-4, rtol=0)
 
 
 def test_token_labels_ignore_void_and_ambiguous_band():

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from imagekv.datasets.schema import VOID
 from imagekv.grid import TokenGrid
 
+# Half the last-level cache of one server CPU complex (32 MB here), leaving room for the rest.
+CACHE_BLOCK_BYTES = 16 * 2**20
+
 if TYPE_CHECKING:
     from imagekv.probes import FeatureSource
 
@@ -38,24 +41,48 @@ def stacked_token_features(
     source: "FeatureSource", image_ids: Sequence[str], keep: Sequence[np.ndarray] | None = None
 ) -> torch.Tensor:
     """[L, tokens, C]: the L2-normalised tokens of several images (only those where `keep` [rows*cols]
-    is true, if given), concatenated. Written straight into one buffer and normalised in place: on
-    CPU every fresh [L, n, C] tensor costs page faults comparable to several solver passes."""
-    parts = []
+    is true, if given), concatenated."""
+    return normalized_stack(token_rows(source, image_ids, keep))
+
+
+def token_rows(
+    source: "FeatureSource", image_ids: Sequence[str], keep: Sequence[np.ndarray] | None = None
+) -> list[torch.Tensor]:
+    """Per image, [L, tokens, C] features as the source holds them, raster order (only the tokens
+    where `keep` [rows*cols] is true, if given); `normalized_stack` makes probe input of them."""
+    rows = []
     for index, image_id in enumerate(image_ids):
         values = source.features(image_id)
         flat = values.reshape(values.shape[0], -1, values.shape[-1])
         if keep is not None and not keep[index].all():
             flat = flat[:, torch.from_numpy(keep[index]).to(flat.device)]
-        parts.append(flat)
-    num_layers, channels = parts[0].shape[0], parts[0].shape[-1]
-    out = torch.empty(num_layers, sum(p.shape[1] for p in parts), channels, device=probe_device())
+        rows.append(flat)
+    return rows
+
+
+def normalized_stack(rows: Sequence[torch.Tensor], layers: slice = slice(None)) -> torch.Tensor:
+    """[layers, tokens, C] float32 on the probe device: `rows` concatenated along the tokens and
+    L2-normalised per token. Written straight into one buffer and normalised in place: on CPU every
+    fresh large tensor costs page faults comparable to several solver passes."""
+    num_layers = len(range(*layers.indices(rows[0].shape[0])))
+    out = torch.empty(num_layers, sum(r.shape[1] for r in rows), rows[0].shape[-1], device=probe_device())
     start = 0
-    for part in parts:
+    for part in rows:
         piece = out[:, start : start + part.shape[1]]
-        piece.copy_(part)
+        piece.copy_(part[layers])
         piece.div_(torch.linalg.vector_norm(piece, dim=-1, keepdim=True).clamp_min_(1e-12))
         start += part.shape[1]
     return out
+
+
+def layer_blocks(num_layers: int, layer_bytes: int) -> list[slice]:
+    """Consecutive blocks of layers for a probe that makes many passes over its [L, n, C] input.
+    On CPU a block holds at most CACHE_BLOCK_BYTES, so it is built and then read from the
+    last-level cache instead of DRAM for the whole computation (the batched T1 solve runs ~4x
+    faster per pass), and its buffer is small enough for the allocator to reuse without fresh
+    page faults. On the GPU all layers form one block."""
+    per_block = num_layers if probe_device().type != "cpu" else max(1, CACHE_BLOCK_BYTES // max(1, layer_bytes))
+    return [slice(start, min(start + per_block, num_layers)) for start in range(0, num_layers, per_block)]
 
 
 def keep_tokens(source: "FeatureSource", image_id: str, keep: np.ndarray | None = None) -> np.ndarray:

@@ -2,10 +2,10 @@
 
 Per episode, the L2-normalised tokens of the support images, labelled foreground when at least
 `label_threshold` of their non-void pixels are, train one balanced logistic regression per layer
-(all layers at once, `imagekv.probes.logistic`); the query's token probabilities are bilinearly
-upsampled to pixels and thresholded. Scores: the standard few-shot mIoU per fold (per class,
-intersections and unions summed over its episodes, then averaged over the fold's classes) and
-FB-IoU, each also averaged over the folds present.
+(all layers of a cache-sized block at once, `imagekv.probes.logistic`); the query's token
+probabilities are bilinearly upsampled to pixels and thresholded. Scores: the standard few-shot
+mIoU per fold (per class, intersections and unions summed over its episodes, then averaged over
+the fold's classes) and FB-IoU, each also averaged over the folds present.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from imagekv.probes import FeatureSource, metric_rows
 from imagekv.probes.features import (
     keep_tokens,
     kept_tokens,
-    stacked_token_features,
+    layer_blocks,
+    normalized_stack,
+    probe_device,
     to_pixels,
-    token_features,
     token_labels,
+    token_rows,
 )
 from imagekv.probes.logistic import fit_logistic
 from imagekv.probes.metrics import class_miou, fb_iou, intersection_union
@@ -76,21 +78,32 @@ def episode_counts(episode: SegEpisode, source: FeatureSource, params: dict) -> 
 
 def query_probabilities(episode: SegEpisode, source: FeatureSource, params: dict) -> torch.Tensor:
     """[L, query tokens] foreground probability of each query token, per layer."""
-    features, labels = support_tokens(episode, source, params)
-    query = token_features(source, episode.query)
+    support, labels = support_rows(episode, source, params)
+    query = token_rows(source, [episode.query])
+    num_layers, num_query = query[0].shape[:2]
     if labels.min() == labels.max():  # one class only: nothing to fit, predict it everywhere
-        probabilities = torch.full(query.shape[:2], float(labels[0]), device=query.device)
+        probabilities = torch.full((num_layers, num_query), float(labels[0]), device=labels.device)
     else:
-        fit = fit_logistic(
-            features, labels, C=params["C"], tol=params["tol"], max_newton=params["max_newton"], max_cg=params["max_cg"]
-        )
-        probabilities = torch.sigmoid(fit.logits(query))
+        probabilities = torch.empty(num_layers, num_query, device=labels.device)
+        for layers in layer_blocks(num_layers, labels.numel() * query[0].shape[-1] * 4):
+            fit = fit_logistic(
+                normalized_stack(support, layers), labels,
+                C=params["C"], tol=params["tol"], max_newton=params["max_newton"], max_cg=params["max_cg"],
+            )
+            probabilities[layers] = torch.sigmoid(fit.logits(normalized_stack(query, layers)))
     probabilities[:, ~kept_tokens(source, episode.query)] = 0.0  # excluded tokens: background
     return probabilities
 
 
 def support_tokens(episode: SegEpisode, source: FeatureSource, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Usable support tokens of all shots: features [L, n, C] and labels [n]."""
+    """What the classifiers train on: features [L, n, C] of the usable support tokens of all
+    shots, L2-normalised, and their labels [n]."""
+    support, labels = support_rows(episode, source, params)
+    return normalized_stack(support), labels
+
+
+def support_rows(episode: SegEpisode, source: FeatureSource, params: dict) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The usable support tokens of each shot as stored (`token_rows`), and their labels [n]."""
     ambiguous = AMBIGUOUS_BAND if params["drop_ambiguous"] else None
     labelled = [
         token_labels(mask, source.grid(image_id), params["label_threshold"], ambiguous)
@@ -99,6 +112,6 @@ def support_tokens(episode: SegEpisode, source: FeatureSource, params: dict) -> 
     usable = [keep_tokens(source, image_id, keep) for image_id, (_, keep) in zip(episode.support, labelled)]
     if not any(keep.any() for keep in usable):
         raise ValueError(f"episode {episode.episode_id}: every support token is void or excluded")
-    features = stacked_token_features(source, episode.support, usable)
+    rows = token_rows(source, episode.support, usable)
     labels = torch.from_numpy(np.concatenate([label[keep] for (label, _), keep in zip(labelled, usable)]))
-    return features, labels.to(features.device)
+    return rows, labels.to(probe_device())
