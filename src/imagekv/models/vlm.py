@@ -82,26 +82,29 @@ class VlmBackbone(Backbone):
     def encode(
         self, images: Sequence[Image.Image], prefix: str = "", layers: Sequence[int] | None = None
     ) -> list[BackboneOutput]:
-        return [self._encode_one(image, prefix, layers) for image in images]
-
-    def _encode_one(self, image: Image.Image, prefix: str, layers: Sequence[int] | None) -> BackboneOutput:
-        inputs = self.model_inputs(image, prefix)
         layers = tuple(range(self.num_layers)) if layers is None else tuple(layers)
         with self._pre_rope_keys(layers) as pre_rope, self._lm_input() as lm_input:
-            out = self.model(**inputs, use_cache=True)
+            return [self._encode_one(image, prefix, layers, pre_rope, lm_input) for image in images]
+
+    def _encode_one(
+        self, image: Image.Image, prefix: str, layers: tuple[int, ...], pre_rope: dict, lm_input: dict
+    ) -> BackboneOutput:
+        """One forward; `pre_rope` and `lm_input` are what the hooks capture during it."""
+        inputs = self.model_inputs(image, prefix)
+        out = self.model(**inputs, use_cache=True)
         image_positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).squeeze(1)
         token_index, grid = self.grid_tokens(inputs, image, len(image_positions))
         positions = image_positions[token_index.to(image_positions.device)]
         cache = out.past_key_values.layers
         if self.key_mode == "post_rope":
-            keys = [heads_per_token(cache[layer].keys[0], positions) for layer in layers]
+            keys = heads_per_token([cache[layer].keys[0] for layer in layers], positions)
         else:
-            keys = [pre_rope[layer][0, positions] for layer in layers]
-        values = [heads_per_token(cache[layer].values[0], positions) for layer in layers]
+            keys = torch.stack([pre_rope[layer][0, positions] for layer in layers])
+        values = heads_per_token([cache[layer].values[0] for layer in layers], positions)
         shape = (grid.rows, grid.cols, -1)
         return BackboneOutput(
-            values=torch.stack(values).reshape(len(layers), *shape).cpu(),
-            keys=torch.stack(keys).reshape(len(layers), *shape).cpu(),
+            values=values.reshape(len(layers), *shape).cpu(),
+            keys=keys.reshape(len(layers), *shape).cpu(),
             projection=lm_input["inputs_embeds"][0, positions].reshape(*shape).cpu(),
             grid=grid,
             layers=layers,
@@ -149,15 +152,16 @@ class VlmBackbone(Backbone):
             ids = self.processor.tokenizer(self.header + prefix + text, add_special_tokens=False, return_tensors="pt")
             cache = self.model(input_ids=ids["input_ids"].to(self.model.device), use_cache=True).past_key_values
             last = torch.tensor([ids["input_ids"].shape[1] - 1])
-            rows.append(torch.stack([heads_per_token(cache.layers[layer].values[0], last)[0] for layer in layers]))
+            rows.append(heads_per_token([cache.layers[layer].values[0] for layer in layers], last)[:, 0])
         return torch.stack(rows).cpu()
 
 
-def heads_per_token(cache_entry: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """[kv_heads, seq, head_dim] at `positions` -> [tokens, kv_heads*head_dim], heads side by side
-    in head order, as k_proj/v_proj lay them out before the per-head split."""
-    selected = cache_entry[:, positions.to(cache_entry.device)]
-    return selected.permute(1, 0, 2).reshape(len(positions), -1)
+def heads_per_token(cache_entries: Sequence[torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    """Per layer [kv_heads, seq, head_dim] at `positions` -> [layers, tokens, kv_heads*head_dim], heads
+    side by side in head order, as k_proj/v_proj lay them out before the per-head split."""
+    index = positions.to(cache_entries[0].device)
+    selected = torch.stack([entry[:, index] for entry in cache_entries])  # [layers, kv_heads, tokens, head_dim]
+    return selected.permute(0, 2, 1, 3).reshape(len(cache_entries), len(positions), -1)
 
 
 def chat_template_parts(processor: ProcessorMixin) -> tuple[str, str]:
