@@ -85,7 +85,8 @@ def query_probabilities(episode: SegEpisode, source: FeatureSource, params: dict
         probabilities = torch.full((num_layers, num_query), float(labels[0]), device=labels.device)
     else:
         probabilities = torch.empty(num_layers, num_query, device=labels.device)
-        for layers in layer_blocks(num_layers, labels.numel() * query[0].shape[-1] * 4):
+        float32_bytes_per_layer = labels.numel() * query[0].shape[-1] * 4
+        for layers in layer_blocks(num_layers, float32_bytes_per_layer):
             fit = fit_logistic(
                 normalized_stack(support, layers), labels,
                 C=params["C"], tol=params["tol"], max_newton=params["max_newton"], max_cg=params["max_cg"],
