@@ -174,12 +174,15 @@ def test_fewshot_ious_equal_sklearn_pipeline():
 
 
 def test_layer_blocks_partition_the_layers_within_the_cache_budget(monkeypatch):
+    monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cpu"))
     monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 3000)
     blocks = layer_blocks(10, layer_bytes=1000)
     assert [(b.start, b.stop) for b in blocks] == [(0, 3), (3, 6), (6, 9), (9, 10)]
     assert layer_blocks(10, layer_bytes=5000) == [slice(k, k + 1) for k in range(10)]  # never empty
     monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 16 * 2**20)
     assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(k, k + 2) for k in range(0, 28, 2)]
+    monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cuda"))
+    assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(0, 28)]  # no cache to fit on the GPU
 
 
 def test_fewshot_probabilities_do_not_depend_on_the_layer_blocks(monkeypatch):
