@@ -163,7 +163,7 @@ def qualitative_inputs(config: dict) -> list[str]:
 
 
 # Interventions (SPEC E2, E4-E6): one job per MLM per stage, plus cheap collecting jobs.
-BASELINE_CONDITION = "none"  # BLINK answers without any blocking
+BASELINE_CONDITION = "none"  # no intervention: BLINK answers unblocked, value probes unmasked
 
 
 def interventions(config: dict) -> dict | None:

@@ -12,12 +12,12 @@ import pandas as pd
 from imagekv.figures.prefix_probes import headline
 from imagekv.figures.style import MODEL_LABELS, Provenance
 from imagekv.interventions.masked_probes import CONDITIONS
+from imagekv.plan import BASELINE_CONDITION as BASELINE
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER
 from imagekv.results import read_results
 from imagekv.tables import write_table
 
 CAPTION = "Value probes at late layers with the input-agnostic tokens excluded, against random tokens excluded"
-BASELINE = "none"
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
