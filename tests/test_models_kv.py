@@ -57,6 +57,22 @@ def test_selected_layers_are_the_same_numbers(backbone):
     assert torch.equal(some.values, full.values[[1, 3]]) and torch.equal(some.keys, full.keys[[1, 3]])
 
 
+def test_the_forward_stops_once_the_deepest_layer_read_has_written_its_cache(backbone):
+    ran = []
+    later = {"mlp of layer 1": backbone.decoder_layers[1].mlp, "layer 2": backbone.decoder_layers[2],
+             "lm head": backbone.model.lm_head}
+    handles = [module.register_forward_hook(lambda *_, name=name: ran.append(name)) for name, module in later.items()]
+    try:
+        backbone.encode([_image(1)], layers=[0, 1])
+        backbone.encode_text(["a cat"], layers=[0, 1])
+        assert ran == []
+        _plain_forward(backbone, _image(1))  # the stop is gone: a plain forward runs to the end
+        assert sorted(ran) == sorted(later)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def test_the_prompt_is_the_template_header_then_prefix_then_image(backbone):
     header = backbone.header
     assert header.endswith("user\n") or header.endswith("user<|end_header_id|>\n\n")
@@ -167,6 +183,13 @@ def test_bad_config_keys_are_named():
         _backbone("qwen2_5_vl", resolution="huge")
     with pytest.raises(ValueError, match="'source'"):
         _backbone("qwen2_5_vl", source="disk")
+
+
+def test_a_fixed_grid_the_processor_would_resize_is_refused():
+    """The twin's processor keeps at most 16x16 cells: a 27x27 fixed grid would silently come out 16x16."""
+    with pytest.raises(ValueError, match=r"'fixed_grid' is 27: 756 px"):
+        _backbone("qwen2_5_vl", fixed_grid=27)
+    assert _backbone("qwen2_5_vl", fixed_grid=16).fixed_grid == 16
 
 
 def test_every_build_of_a_twin_is_the_same_model():

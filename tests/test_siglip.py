@@ -42,6 +42,15 @@ def test_default_is_the_penultimate_hidden_state_on_the_patch_grid(images):
         assert output.keys is None and output.projection is None
 
 
+@pytest.mark.parametrize("layer", [0, 1, 2, 3, -4])
+def test_every_hidden_state_equals_the_models_own(images, layer):
+    """The forward stops at the block giving the feature; what it computed is the full forward's."""
+    backbone = build(layer=layer)
+    got = torch.cat([output.values for output in backbone.encode(images)])
+    expected = own_hidden_states(backbone, images).hidden_states[layer]
+    assert torch.equal(got, expected.reshape_as(got))
+
+
 def test_last_is_post_layernorm_and_differs_from_the_last_block(images):
     last = build(layer="last")
     reference = own_hidden_states(last, images)

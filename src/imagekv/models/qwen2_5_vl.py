@@ -35,6 +35,19 @@ class Qwen2_5_VL(VlmBackbone):
         image_processor = processor.image_processor
         self.merge = image_processor.merge_size
         self.cell = image_processor.patch_size * self.merge
+        if self.resolution == "fixed":
+            self._check_fixed_side_kept(image_processor.size)
+
+    def _check_fixed_side_kept(self, size) -> None:
+        """The processor resizes any image whose pixel count lies outside its bounds: a fixed side it
+        would resize gives another grid than `fixed_grid` says."""
+        side = self.fixed_grid * self.cell
+        if not size["shortest_edge"] <= side * side <= size["longest_edge"]:
+            raise ValueError(
+                f"{self.name} config key 'fixed_grid' is {self.fixed_grid}: {side} px squares lie outside the "
+                f"processor's {size['shortest_edge']}..{size['longest_edge']} pixels, which would resize them "
+                f"to another grid"
+            )
 
     def prepare_image(self, image: Image.Image) -> Image.Image:
         if self.resolution == "native":

@@ -16,6 +16,7 @@ from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionM
 
 from imagekv.grid import TokenGrid
 from imagekv.models.base import Backbone, BackboneOutput
+from imagekv.models.partial_forward import forward_until
 from imagekv.models.registry import register
 
 LAST = "last"
@@ -41,6 +42,16 @@ class Siglip(Backbone):
         self.side = config.image_size // config.patch_size
         depth = config.num_hidden_layers
         self.layer_index = depth if layer == LAST else _hidden_state_index(layer, depth)
+        self.feature_module = self._module_giving_features()
+
+    def _module_giving_features(self) -> torch.nn.Module:
+        """hidden_states[0] is the embeddings' output, hidden_states[k] the k-th block's; `last` is
+        the post-layernorm's, before the pooling head."""
+        if self.layer == LAST:
+            return self.model.post_layernorm
+        if self.layer_index == 0:
+            return self.model.embeddings
+        return self.model.encoder.layers[self.layer_index - 1]
 
     @classmethod
     def from_config(cls, cfg: dict, *, device: str, dtype: torch.dtype, dataset=None) -> "Siglip":
@@ -65,12 +76,13 @@ class Siglip(Backbone):
     def encode(
         self, images: Sequence[Image.Image], prefix: str = "", layers: Sequence[int] | None = None
     ) -> list[BackboneOutput]:
-        """One batched forward (no cross-image attention, so batching changes nothing). `prefix` and
-        `layers` do not apply: there is no text, and the one feature layer is fixed by the config."""
+        """One batched forward (no cross-image attention, so batching changes nothing), run only as far
+        as the feature layer. `prefix` and `layers` do not apply: there is no text, and the one
+        feature layer is fixed by the config."""
         pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
         parameter = next(self.model.parameters())
-        outputs = self.model(pixel_values=pixels.to(parameter.device, parameter.dtype), output_hidden_states=True)
-        tokens = outputs.last_hidden_state if self.layer == LAST else outputs.hidden_states[self.layer_index]
+        pixels = pixels.to(parameter.device, parameter.dtype)
+        tokens = forward_until(self.model, self.feature_module, {"pixel_values": pixels})
         dense = tokens.reshape(len(images), self.side, self.side, -1)
         return [
             BackboneOutput(

@@ -2,7 +2,8 @@
 
 One forward pass per image, on the prompt `header + prefix + image` of the model's own chat template
 (SPEC 3.2): under causal attention nothing after the image changes its KV, so the sequence stops
-there. The cache holds, per LM layer, keys after RoPE and values of shape
+there; likewise the forward itself stops once the deepest layer read has written its cache. The
+cache holds, per LM layer, keys after RoPE and values of shape
 [batch, kv_heads, seq, head_dim]; at the image positions that the adapter puts on a raster grid, the
 KV heads are concatenated per token into [layers, rows, cols, kv_heads*head_dim]. The projection is
 the LM's input embedding at the same positions (what `hidden_states[0]` holds, SPEC 2.3a).
@@ -16,10 +17,11 @@ from contextlib import contextmanager
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoProcessor, DynamicCache, PreTrainedModel, ProcessorMixin
 
 from imagekv.grid import TokenGrid
 from imagekv.models.base import Backbone, BackboneOutput
+from imagekv.models.partial_forward import forward_until
 from imagekv.models.tiny import build_tiny
 
 KEY_MODES = ("post_rope", "pre_rope")  # as the cache holds them (default), or k_proj's output
@@ -91,11 +93,10 @@ class VlmBackbone(Backbone):
     ) -> BackboneOutput:
         """One forward; `pre_rope` and `lm_input` are what the hooks capture during it."""
         inputs = self.model_inputs(image, prefix)
-        out = self.model(**inputs, use_cache=True)
+        cache = self._fill_cache(inputs, max(layers)).layers
         image_positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).squeeze(1)
         token_index, grid = self.grid_tokens(inputs, image, len(image_positions))
         positions = image_positions[token_index.to(image_positions.device)]
-        cache = out.past_key_values.layers
         if self.key_mode == "post_rope":
             keys = heads_per_token([cache[layer].keys[0] for layer in layers], positions)
         else:
@@ -109,6 +110,14 @@ class VlmBackbone(Backbone):
             grid=grid,
             layers=layers,
         )
+
+    def _fill_cache(self, inputs: dict, deepest: int) -> DynamicCache:
+        """The model's own cache of a forward on `inputs`, run until attention of layer `deepest` has
+        written to it: its MLP, the layers above, the final norm and the LM head (logits at every
+        position) cannot change what is read."""
+        cache = DynamicCache(config=self.model.config)
+        forward_until(self.model, self.decoder_layers[deepest].self_attn, {**inputs, "past_key_values": cache, "use_cache": True})
+        return cache
 
     @contextmanager
     def _lm_input(self):
@@ -150,7 +159,7 @@ class VlmBackbone(Backbone):
         rows = []
         for text in texts:
             ids = self.processor.tokenizer(self.header + prefix + text, add_special_tokens=False, return_tensors="pt")
-            cache = self.model(input_ids=ids["input_ids"].to(self.model.device), use_cache=True).past_key_values
+            cache = self._fill_cache({"input_ids": ids["input_ids"].to(self.model.device)}, max(layers))
             last = torch.tensor([ids["input_ids"].shape[1] - 1])
             rows.append(heads_per_token([cache.layers[layer].values[0] for layer in layers], last)[:, 0])
         return torch.stack(rows).cpu()
