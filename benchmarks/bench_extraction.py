@@ -4,22 +4,23 @@ For each backbone:
 - time: extraction wall time (decode, input building, forward, slice, fp16 store) over the time of
   the same images through bare `model(**inputs, use_cache=True)` forwards, their inputs built the
   same way in the same order (decode, the adapter's resize, the stock processor), so that the ratio
-  is what the extraction adds to running the model at all (target <= 1.05x). The two sides run in
-  turn, warm (an untimed extraction first meets every input shape), and each counts its best of
-  `--repeats` runs, which takes out most of the scheduling noise of two shared cores. Beside it,
-  the seconds the extraction spent building inputs: on the tiny twins a forward is milliseconds,
-  so input building weighs far more than at full size;
+  is what the extraction adds to running the model at all (target <= 1.05x). Both are timed warm
+  (an untimed extraction first meets every input shape), in `--repeats` pairs of back-to-back runs;
+  the figure is the median of the pairs' ratios, as the speed of these two shared cores drifts by
+  tens of percent over seconds. Beside it, the seconds the extraction spent building inputs: on the
+  tiny twins a forward is milliseconds, so input building weighs far more than at full size;
 - bytes: size of the shard files over the fp16 minimum of the tensors they hold (target <= 1.02x);
 - memory: peak RSS of a whole extraction run in a fresh process at 10 and at 200 images (target flat,
   <= 1.1x).
 
-    PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/bench_extraction.py [--images 100] [--repeats 5] [--models ...]
+    PYTHONPATH=src HF_HUB_OFFLINE=1 python benchmarks/bench_extraction.py [--images 100] [--repeats 7] [--models ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,27 +76,34 @@ class TimedCalls:
         return getattr(self.target, name)
 
 
-def time_and_bytes(model: str, root: Path, images: int, work: Path, repeats: int) -> tuple[float, float, float, float]:
-    """Best of `repeats` warm runs of each side, taken in turn: (extraction seconds, of which building
-    inputs, bare seconds), and shard bytes over the fp16 minimum."""
+def time_and_bytes(model: str, root: Path, images: int, work: Path, repeats: int) -> tuple[float, float, float, float, float]:
+    """`repeats` warm pairs of runs, an extraction and the bare side back to back (which goes first
+    alternates, so a drift of the machine's speed within a pair cancels out): the medians of extraction
+    seconds, of its seconds building inputs, of bare seconds and of the pairs' time ratios, and shard
+    bytes over the fp16 minimum."""
     spec = spec_for(model, root, images)
     dataset = load_dataset("coco_pool", root, spec["dataset_cfg"])
     warm_up = Extraction(spec, dataset, work / model / "warm-up" / MANIFEST)
     warm_up.run()  # untimed: builds the backbone and meets every input shape once
     backbone = warm_up.backbone
     timers = [TimedCalls.install(owner, name) for owner, name in input_steps(backbone)]
-    extraction, bare = [], []
+    extraction, inputs, bare = [], [], []
     for repeat in range(repeats):
         job = Extraction(spec, dataset, work / model / f"run{repeat}" / MANIFEST)
         job.backbone = backbone  # already built
+        if repeat % 2:
+            bare.append(bare_seconds(job))
         for timer in timers:
             timer.seconds = 0.0
         start = time.perf_counter()
         job.run()
-        extraction.append((time.perf_counter() - start, sum(timer.seconds for timer in timers)))
-        bare.append(bare_seconds(job))
-    seconds, inputs = min(extraction)
-    return seconds, inputs, min(bare), bytes_ratio(job.shard_dir)
+        extraction.append(time.perf_counter() - start)
+        inputs.append(sum(timer.seconds for timer in timers))
+        if not repeat % 2:
+            bare.append(bare_seconds(job))
+    ratio = statistics.median(e / b for e, b in zip(extraction, bare))
+    medians = (statistics.median(values) for values in (extraction, inputs, bare))
+    return (*medians, ratio, bytes_ratio(job.shard_dir))
 
 
 @torch.no_grad()
@@ -162,7 +170,7 @@ def peak_rss_of_this_process_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100, help="images for the time and bytes figures")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side; the best counts")
+    parser.add_argument("--repeats", type=int, default=7, help="timed pairs of runs; medians count")
     parser.add_argument("--models", nargs="+", default=list(TINY_TWINS), choices=TINY_TWINS)
     parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -178,9 +186,9 @@ def main() -> None:
         print(f"{'backbone':<16} {'extract s':>10} {'bare s':>8} {'time x':>7} {'inputs s':>9} {'bytes x':>8} "
               f"{'RSS@10 MB':>10} {'RSS@200 MB':>11} {'RSS x':>6}")
         for model in args.models:
-            extraction, inputs, bare, stored = time_and_bytes(model, root, args.images, work / "time", args.repeats)
+            extraction, inputs, bare, ratio, stored = time_and_bytes(model, root, args.images, work / "time", args.repeats)
             small, large = (peak_rss_mb(model, root, n, work / "rss") for n in RSS_SIZES)
-            print(f"{model:<16} {extraction:>10.3f} {bare:>8.3f} {extraction / bare:>7.3f} {inputs:>9.3f} "
+            print(f"{model:<16} {extraction:>10.3f} {bare:>8.3f} {ratio:>7.3f} {inputs:>9.3f} "
                   f"{stored:>8.4f} {small:>10.0f} {large:>11.0f} {large / small:>6.3f}", flush=True)
     print("targets: time x <= 1.05, bytes x <= 1.02, RSS x <= 1.1")
 

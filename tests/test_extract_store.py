@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -44,10 +45,16 @@ def store_bytes(manifest: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(
-    "model, model_cfg", [("oracle", {"grid": [4, 3], "noise_std": 0.1}), ("siglip", {"source": "tiny"})]
+    "model, model_cfg, store",
+    [
+        ("oracle", {"grid": [4, 3], "noise_std": 0.1}, ["values"]),
+        ("siglip", {"source": "tiny"}, ["values"]),
+        # Qwen2.5-VL at native resolution: every image its own grid, so a shard's token runs differ
+        ("qwen2_5_vl", {"source": "tiny", "resolution": "native"}, ["values", "keys", "projection"]),
+    ],
 )
-def test_store_returns_exactly_what_the_backbone_gave_in_fp16(refcoco, tmp_path, model, model_cfg):
-    spec = make_spec(refcoco, model, model_cfg)
+def test_store_returns_exactly_what_the_backbone_gave_in_fp16(refcoco, tmp_path, model, model_cfg, store):
+    spec = make_spec(refcoco, model, model_cfg, store=store)
     extract(spec, tmp_path / "manifest.json")
     store = FeatureStore(tmp_path / "manifest.json", open_shards=1)  # every shard change evicts
     dataset = load_dataset("refcoco", refcoco, {})
@@ -56,13 +63,17 @@ def test_store_returns_exactly_what_the_backbone_gave_in_fp16(refcoco, tmp_path,
     assert store.image_ids == tuple(ref.image_id for ref in refs) and len(refs) > 2
     outputs = backbone.encode_with_ids([load_rgb(ref.path) for ref in refs], [ref.image_id for ref in refs])
     for ref, output in zip(refs, outputs):
-        got = store.features(ref.image_id, "values")
-        assert got.dtype == torch.float32
-        assert torch.equal(got, output.values.half().float())
+        for representation in store.meta["representations"]:
+            got = store.features(ref.image_id, representation)
+            expected = getattr(output, representation).half().float()
+            assert got.dtype == torch.float32
+            assert torch.equal(got, expected.unsqueeze(0) if representation == "projection" else expected)
         assert store.grid(ref.image_id) == output.grid
         assert store.layers == output.layers
+    if model == "qwen2_5_vl":
+        assert len({store.grid(image_id).num_tokens for image_id in store.image_ids}) > 1
     texts = sorted(dataset.texts())
-    if model == "oracle":
+    if model != "siglip":
         expected = backbone.encode_text(texts).half().float()
         assert torch.equal(torch.stack([store.text(text) for text in texts]), expected)
     else:
@@ -171,3 +182,12 @@ def test_grayscale_rgba_and_palette_files_become_rgb(tmp_path, mode):
     Image.new(mode, (30, 20)).save(path)
     image = load_rgb(path)
     assert image.mode == "RGB" and image.size == (30, 20)
+
+
+def test_a_store_of_another_format_is_refused_by_name(refcoco, tmp_path):
+    manifest = tmp_path / "store" / "manifest.json"
+    extract(make_spec(refcoco), manifest)
+    meta = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({key: value for key, value in meta.items() if key != "format"}))
+    with pytest.raises(ValueError, match=r"manifest.json is a feature store of format 1.*extract it again"):
+        FeatureStore(manifest)

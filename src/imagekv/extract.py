@@ -1,10 +1,17 @@
 """Feature extraction: every image of a dataset through one backbone, into fp16 safetensors shards.
 
 Layout beside the manifest:
-    shards/spec.json            hash of the spec and of the inputs the shards were made from
-    shards/NNNNN.safetensors    `{image_id}/{representation}` for a run of images (sorted by id),
-                                then `text/{sha1(text)}/values` for the dataset's query texts
-    manifest.json               the index, written last: its presence means the store is complete
+    shards/spec.json            hash of the spec, of the inputs and the store format of the shards
+    shards/NNNNN.safetensors    a run of images (sorted by id): one tensor per representation,
+                                [layers, tokens, C], the images' grid tokens one image after another
+                                (raster order within each); then the dataset's query texts: one
+                                `values` tensor [layers, texts, C]
+    manifest.json               the index, written last: its presence means the store is complete.
+                                Per image its shard, grid and token range; per text its shard and row
+
+One tensor per representation and shard, rather than one per image, keeps the safetensors header
+(one JSON entry per tensor) out of the stored bytes: they stay at the fp16 minimum however small the
+grid.
 
 Each shard is written atomically, so after a crash every shard on disk is complete: a rerun keeps
 them and extracts only the missing ones. A changed spec or changed input files clear the shards.
@@ -34,7 +41,7 @@ from tqdm import tqdm
 from imagekv.config import canonical_json, spec_hash
 from imagekv.datasets import load_dataset
 from imagekv.datasets.schema import Dataset
-from imagekv.features import MANIFEST, SHARD_DIR, image_tensor_name, text_tensor_name
+from imagekv.features import MANIFEST, SHARD_DIR, STORE_FORMAT
 from imagekv.images import load_rgb
 from imagekv.io import atomic_path, write_json
 from imagekv.models.base import Backbone
@@ -46,8 +53,9 @@ SPEC_FILE = "spec.json"
 METADATA_KEY = "imagekv"  # one metadata entry: safetensors writes several in random order
 TEXTS_PER_SHARD = 1024
 REPRESENTATIONS = ("values", "keys", "projection")
-# Adds one batch's tensors to a shard's tensors and its facts to the shard's metadata.
-EncodeBatch = Callable[[list[str], dict[str, torch.Tensor], dict], None]
+# Appends one batch's token rows, [layers, tokens, C], to a shard's list per stored tensor, and the
+# batch's facts to the shard's metadata.
+EncodeBatch = Callable[[list[str], dict[str, list[torch.Tensor]], dict], None]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -165,16 +173,16 @@ class Extraction:
             for shard in shards:
                 if shard.name in done:
                     continue
-                tensors, meta = {}, {"kind": shard.kind}
+                parts, meta = {}, {"kind": shard.kind}
                 for start in range(0, len(shard.keys), self.batch_size):
                     batch = list(shard.keys[start : start + self.batch_size])
-                    encode(batch, tensors, meta)
+                    encode(batch, parts, meta)
                     bar.update(len(batch))
-                _save_shard(self.shard_dir / shard.name, tensors, meta)
+                _save_shard(self.shard_dir / shard.name, parts, meta)
 
     def _prepare_shard_dir(self, planned: set[str]) -> None:
         """Clear shards made for another spec or other inputs, and files no shard of the plan owns."""
-        stamp = {"spec_hash": spec_hash(self.spec), "inputs_sha1": self._inputs_fingerprint()}
+        stamp = {"spec_hash": spec_hash(self.spec), "inputs_sha1": self._inputs_fingerprint(), "format": STORE_FORMAT}
         spec_file = self.shard_dir / SPEC_FILE
         stale = not spec_file.exists() or json.loads(spec_file.read_text(encoding="utf-8")) != stamp
         self.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -192,8 +200,9 @@ class Extraction:
         digest.update(canonical_json(self.texts).encode("utf-8"))
         return digest.hexdigest()
 
-    def _encode_images(self, image_ids: list[str], tensors: dict, meta: dict) -> None:
-        """Add the stored representations of `image_ids` to `tensors`, their grids and layers to `meta`."""
+    def _encode_images(self, image_ids: list[str], parts: dict, meta: dict) -> None:
+        """Append the grid tokens of `image_ids` to `parts`, one list per representation; their grids
+        and layers go to `meta`."""
         images = [load_rgb(self.refs[image_id].path) for image_id in image_ids]
         outputs = self.backbone.encode_with_ids(images, image_ids, self.spec["prefix"], self.layers)
         meta["prompt"] = self.backbone.prompt_text(self.spec["prefix"])
@@ -206,12 +215,12 @@ class Extraction:
                 if tensor is None:
                     raise ValueError(f"backbone {self.spec['model']!r} gives no {representation!r} for image "
                                      f"{image_id!r}; remove it from spec key 'store'")
-                tensors[image_tensor_name(image_id, representation)] = tensor.to(self.store_dtype).contiguous()
+                rows = tensor.to(self.store_dtype).reshape(-1, grid.num_tokens, tensor.shape[-1])  # [L, tokens, C]
+                parts.setdefault(representation, []).append(rows)
 
-    def _encode_texts(self, texts: list[str], tensors: dict, meta: dict) -> None:
-        values = self.backbone.encode_text(texts, self.spec["prefix"], self.layers)
-        for text, value in zip(texts, values, strict=True):
-            tensors[text_tensor_name(text)] = value.to(self.store_dtype).contiguous()
+    def _encode_texts(self, texts: list[str], parts: dict, meta: dict) -> None:
+        values = self.backbone.encode_text(texts, self.spec["prefix"], self.layers)  # [texts, L, C]
+        parts.setdefault("values", []).append(values.to(self.store_dtype).transpose(0, 1))
 
     def manifest(self, image_shards: list[Shard], text_shards: list[Shard]) -> dict:
         images, layers, prompt = {}, None, None
@@ -219,10 +228,15 @@ class Extraction:
             meta = read_shard_metadata(self.shard_dir / shard.name)
             prompt = meta["prompt"]
             layers = _same_layers(layers, meta["layers"], shard.name)
-            for image_id in shard.keys:
-                images[image_id] = {"shard": shard.name, "grid": meta["grids"][image_id]}
-        texts = {text: {"shard": s.name, "tensor": text_tensor_name(text)} for s in text_shards for text in s.keys}
+            start = 0
+            for image_id in shard.keys:  # storage order
+                grid = meta["grids"][image_id]
+                stop = start + grid[0] * grid[1]
+                images[image_id] = {"shard": shard.name, "grid": grid, "tokens": [start, stop]}
+                start = stop
+        texts = {text: {"shard": s.name, "row": row} for s in text_shards for row, text in enumerate(s.keys)}
         return {
+            "format": STORE_FORMAT,
             "model": self.spec["model"],
             "model_cfg": self.spec["model_cfg"],
             "dataset": self.spec["dataset"],
@@ -251,7 +265,10 @@ def read_shard_metadata(path: Path) -> dict:
         return json.loads(handle.metadata()[METADATA_KEY])
 
 
-def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _save_shard(path: Path, parts: dict[str, list[torch.Tensor]], meta: dict) -> None:
+    """One tensor per entry of `parts`, its pieces joined along the token axis (each list is freed
+    once joined, so a shard is held about twice, not three times, while written)."""
+    tensors = {name: torch.cat(parts.pop(name), dim=1) for name in sorted(parts)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: canonical_json(meta)})
 

@@ -6,7 +6,6 @@ Shards are opened lazily and memory-mapped; only the tensors asked for are read,
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,14 +19,7 @@ from imagekv.io import read_json
 SHARD_DIR = "shards"  # beside the manifest
 MANIFEST = "manifest.json"
 PROJECTION_LAYER = -1  # layer label of the projector output: the LM's input, before layer 0
-
-
-def image_tensor_name(image_id: str, representation: str) -> str:
-    return f"{image_id}/{representation}"
-
-
-def text_tensor_name(text: str) -> str:
-    return f"text/{hashlib.sha1(text.encode('utf-8')).hexdigest()}/values"
+STORE_FORMAT = 2  # 2: one [layers, tokens, C] tensor per representation and shard (1: one per image)
 
 
 class FeatureStore:
@@ -36,6 +28,9 @@ class FeatureStore:
         path = Path(path)
         self.manifest_path = path / MANIFEST if path.is_dir() else path
         self.meta: dict = read_json(self.manifest_path)
+        if self.meta.get("format") != STORE_FORMAT:
+            raise ValueError(f"{self.manifest_path} is a feature store of format {self.meta.get('format', 1)}; this "
+                             f"code reads format {STORE_FORMAT}: delete the store and extract it again")
         self.layers: tuple[int, ...] = tuple(self.meta["layers"])
         self.image_ids: tuple[str, ...] = tuple(sorted(self.meta["images"]))
         self._shard_dir = self.manifest_path.parent / SHARD_DIR
@@ -49,8 +44,10 @@ class FeatureStore:
         """float32 [L, rows, cols, C]; L = len(layers) for values/keys, 1 for projection."""
         if representation not in self.meta["representations"]:
             raise KeyError(f"{self.manifest_path} stores {self.meta['representations']}, not {representation!r}")
-        tensor = self._read(self._image_entry(image_id)["shard"], image_tensor_name(image_id, representation))
-        return (tensor.unsqueeze(0) if representation == "projection" else tensor).float()
+        entry = self._image_entry(image_id)
+        rows, cols = entry["grid"][:2]
+        tokens = self._read(entry["shard"], representation, *entry["tokens"])  # [L, rows*cols, C]
+        return tokens.reshape(len(tokens), rows, cols, -1).float()
 
     def text(self, text: str) -> torch.Tensor:
         """float32 [L, C]: the value of the text's last token at each stored layer."""
@@ -58,7 +55,7 @@ class FeatureStore:
         if entry is None:
             raise KeyError(f"{self.manifest_path} holds no features of text {text!r} "
                            f"(backbone {self.meta['model']!r} may have no text tokens)")
-        return self._read(entry["shard"], entry["tensor"]).float()
+        return self._read(entry["shard"], "values", entry["row"], entry["row"] + 1)[:, 0].float()
 
     def view(self, representation: str) -> "FeatureView":
         return FeatureView(self, representation)
@@ -77,14 +74,15 @@ class FeatureStore:
             raise KeyError(f"{self.manifest_path} holds no image {image_id!r}")
         return entry
 
-    def _read(self, shard: str, tensor: str) -> torch.Tensor:
+    def _read(self, shard: str, tensor: str, start: int, stop: int) -> torch.Tensor:
+        """Token rows start:stop of a shard's [layers, tokens, C] tensor; only those bytes are read."""
         if shard in self._handles:
             self._handles.move_to_end(shard)
         else:
             self._handles[shard] = safe_open(str(self._shard_dir / shard), framework="pt")
             if len(self._handles) > self._open_shards:
                 self._handles.popitem(last=False)
-        return self._handles[shard].get_tensor(tensor)
+        return self._handles[shard].get_slice(tensor)[:, start:stop]
 
 
 class FeatureView:
