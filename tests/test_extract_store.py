@@ -11,12 +11,14 @@ import torch
 from PIL import Image
 
 import imagekv.extract as extract_module
+from imagekv import plan
 from imagekv.datasets import load_dataset
 from imagekv.datasets.synthetic import synthesize
 from imagekv.extract import extract, extract_store
-from imagekv.features import FeatureStore
+from imagekv.features import STORE_FORMAT, FeatureStore
 from imagekv.images import ImageFileError, load_rgb
 from imagekv.models.registry import build_backbone
+from smoke_config import SMOKE_CONFIG
 
 REFCOCO = {"images": 5, "num_expressions": 12}
 
@@ -158,7 +160,8 @@ def test_a_too_small_image_is_refused_with_its_name(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "key, value", [("device", "tpu"), ("dtype", "int8"), ("store", ["logits"]), ("images_per_shard", 0)]
+    "key, value",
+    [("device", "tpu"), ("dtype", "int8"), ("store", ["logits"]), ("images_per_shard", 0), ("store_format", 1)],
 )
 def test_bad_spec_values_are_named(refcoco, tmp_path, key, value):
     with pytest.raises(ValueError, match=f"'{key}'"):
@@ -191,3 +194,9 @@ def test_a_store_of_another_format_is_refused_by_name(refcoco, tmp_path):
     manifest.write_text(json.dumps({key: value for key, value in meta.items() if key != "format"}))
     with pytest.raises(ValueError, match=r"manifest.json is a feature store of format 1.*extract it again"):
         FeatureStore(manifest)
+
+
+def test_the_workflow_asks_every_extraction_for_the_current_store_format():
+    """The format is in the rule's params: a new store layout reruns extraction and changes its cache key."""
+    spec = plan.extraction_spec(SMOKE_CONFIG, "llava_onevision", "pascal5i", "none")
+    assert spec["store_format"] == STORE_FORMAT

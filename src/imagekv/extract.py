@@ -117,6 +117,8 @@ class Extraction:
             raise ValueError(f"dataset {spec['dataset']!r} at {spec['dataset_root']} lists no images")
         self.texts = sorted(set(dataset.texts()))
         self.store = _store_representations(spec["store"])
+        if spec.get("store_format", STORE_FORMAT) != STORE_FORMAT:
+            raise ValueError(f"spec key 'store_format' is {spec['store_format']!r}; this code writes {STORE_FORMAT}")
         self.store_dtype = _dtype(spec["store_dtype"], "store_dtype")
         self.batch_size = _positive(spec, "batch_size")
         self.images_per_shard = _positive(spec, "images_per_shard")

@@ -15,11 +15,11 @@ from safetensors import safe_open
 
 from imagekv.grid import TokenGrid
 from imagekv.io import read_json
+from imagekv.plan import STORE_FORMAT  # 2: one [layers, tokens, C] tensor per representation and shard
 
 SHARD_DIR = "shards"  # beside the manifest
 MANIFEST = "manifest.json"
 PROJECTION_LAYER = -1  # layer label of the projector output: the LM's input, before layer 0
-STORE_FORMAT = 2  # 2: one [layers, tokens, C] tensor per representation and shard (1: one per image)
 
 
 class FeatureStore:

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 # Representations an MLM's feature store holds; references and calibration backbones store only values.
 MLM_REPRESENTATIONS = ("values", "keys", "projection")
+# Layout of the feature stores extraction writes (see imagekv.features). Part of every extraction
+# spec, so a new layout reruns extraction and misses Snakemake's between-workflow cache.
+STORE_FORMAT = 2
 # Probes that score image features against text-token values (SPEC T3, T4).
 TEXT_QUERY_TASKS = ("semantic_seg", "referring_seg")
 
@@ -78,6 +81,7 @@ def extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> d
         "prefix_name": prefix,
         "prefix": config["prefixes"][prefix],
         "store": list(MLM_REPRESENTATIONS if entry.kind == "mlm" else ("values",)),
+        "store_format": STORE_FORMAT,
         "device": config["device"],
         "dtype": config["dtype"],
         **config["extraction"],
