@@ -1,7 +1,8 @@
 """Read a feature store written by `imagekv.extract`: per-image dense features, per-text values.
 
-Shards are opened lazily and memory-mapped; only the tensors asked for are read, and at most
-`open_shards` shards stay open, so memory stays flat however many images a probe walks through.
+Shards are opened lazily and memory-mapped; only the token rows of the image or text asked for are
+read, and at most `open_shards` shards stay open, so memory stays flat however many images a probe
+walks through.
 """
 
 from __future__ import annotations
