@@ -6,9 +6,10 @@ For each backbone:
   same way in the same order (decode, the adapter's resize, the stock processor), so that the ratio
   is what the extraction adds to running the model at all (target <= 1.05x). Both are timed warm
   (an untimed extraction first meets every input shape), in `--repeats` pairs of back-to-back runs;
-  the figure is the median of the pairs' ratios, as the speed of these two shared cores drifts by
-  tens of percent over seconds. Beside it, the seconds the extraction spent building inputs: on the
-  tiny twins a forward is milliseconds, so input building weighs far more than at full size;
+  the figure is the median of the pairs' ratios (their range beside it), as the speed of these two
+  shared cores drifts by tens of percent over seconds. Then the seconds the extraction spent
+  building inputs: on the tiny twins a forward is milliseconds, so input building weighs far more
+  than at full size;
 - bytes: size of the shard files over the fp16 minimum of the tensors they hold (target <= 1.02x);
 - memory: peak RSS of a whole extraction run in a fresh process at 10 and at 200 images (target flat,
   <= 1.1x).
@@ -76,10 +77,10 @@ class TimedCalls:
         return getattr(self.target, name)
 
 
-def time_and_bytes(model: str, root: Path, images: int, work: Path, repeats: int) -> tuple[float, float, float, float, float]:
+def time_and_bytes(model: str, root: Path, images: int, work: Path, repeats: int) -> tuple[float, float, float, list[float], float]:
     """`repeats` warm pairs of runs, an extraction and the bare side back to back (which goes first
     alternates, so a drift of the machine's speed within a pair cancels out): the medians of extraction
-    seconds, of its seconds building inputs, of bare seconds and of the pairs' time ratios, and shard
+    seconds, of its seconds building inputs and of bare seconds, the pairs' time ratios, and shard
     bytes over the fp16 minimum."""
     spec = spec_for(model, root, images)
     dataset = load_dataset("coco_pool", root, spec["dataset_cfg"])
@@ -101,9 +102,9 @@ def time_and_bytes(model: str, root: Path, images: int, work: Path, repeats: int
         inputs.append(sum(timer.seconds for timer in timers))
         if not repeat % 2:
             bare.append(bare_seconds(job))
-    ratio = statistics.median(e / b for e, b in zip(extraction, bare))
+    ratios = [e / b for e, b in zip(extraction, bare)]
     medians = (statistics.median(values) for values in (extraction, inputs, bare))
-    return (*medians, ratio, bytes_ratio(job.shard_dir))
+    return (*medians, ratios, bytes_ratio(job.shard_dir))
 
 
 @torch.no_grad()
@@ -183,12 +184,13 @@ def main() -> None:
         work = Path(tmp)
         root = work / "coco_pool"
         synthesize("coco_pool", root, {"images": max(RSS_SIZES + (args.images,))}, seed=0)
-        print(f"{'backbone':<16} {'extract s':>10} {'bare s':>8} {'time x':>7} {'inputs s':>9} {'bytes x':>8} "
+        print(f"{'backbone':<16} {'extract s':>10} {'bare s':>8} {'time x':>7} {'pairs':>11} {'inputs s':>9} {'bytes x':>8} "
               f"{'RSS@10 MB':>10} {'RSS@200 MB':>11} {'RSS x':>6}")
         for model in args.models:
-            extraction, inputs, bare, ratio, stored = time_and_bytes(model, root, args.images, work / "time", args.repeats)
+            extraction, inputs, bare, ratios, stored = time_and_bytes(model, root, args.images, work / "time", args.repeats)
             small, large = (peak_rss_mb(model, root, n, work / "rss") for n in RSS_SIZES)
-            print(f"{model:<16} {extraction:>10.3f} {bare:>8.3f} {ratio:>7.3f} {inputs:>9.3f} "
+            pairs = f"{min(ratios):.2f}-{max(ratios):.2f}"
+            print(f"{model:<16} {extraction:>10.3f} {bare:>8.3f} {statistics.median(ratios):>7.3f} {pairs:>11} {inputs:>9.3f} "
                   f"{stored:>8.4f} {small:>10.0f} {large:>11.0f} {large / small:>6.3f}", flush=True)
     print("targets: time x <= 1.05, bytes x <= 1.02, RSS x <= 1.1")
 
