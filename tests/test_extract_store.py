@@ -34,7 +34,7 @@ def make_spec(root: Path, model: str = "oracle", model_cfg: dict | None = None, 
     spec = {
         "run": "test", "model": model, "model_cfg": model_cfg or {"grid": [4, 3]},
         "dataset": "refcoco", "dataset_root": str(root), "dataset_cfg": {},
-        "prefix": "", "prefix_name": "none", "layers": "all", "store": ["values"],
+        "prefix": "", "prefix_name": "none", "layers": "all", "store": ["values"], "store_format": STORE_FORMAT,
         "batch_size": 2, "device": "cpu", "dtype": "float32", "store_dtype": "float16", "images_per_shard": 2,
     }
     return {**spec, **overrides}

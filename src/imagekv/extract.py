@@ -1,7 +1,7 @@
 """Feature extraction: every image of a dataset through one backbone, into fp16 safetensors shards.
 
 Layout beside the manifest:
-    shards/spec.json            hash of the spec, of the inputs and the store format of the shards
+    shards/spec.json            hash of the spec (store format included) and of the inputs
     shards/NNNNN.safetensors    a run of images (sorted by id): one tensor per representation,
                                 [layers, tokens, C], the images' grid tokens one image after another
                                 (raster order within each); then the dataset's query texts: one
@@ -117,8 +117,8 @@ class Extraction:
             raise ValueError(f"dataset {spec['dataset']!r} at {spec['dataset_root']} lists no images")
         self.texts = sorted(set(dataset.texts()))
         self.store = _store_representations(spec["store"])
-        if spec.get("store_format", STORE_FORMAT) != STORE_FORMAT:
-            raise ValueError(f"spec key 'store_format' is {spec['store_format']!r}; this code writes {STORE_FORMAT}")
+        if spec.get("store_format") != STORE_FORMAT:  # in the spec hash: another format clears the shards
+            raise ValueError(f"spec key 'store_format' is {spec.get('store_format')!r}; this code writes {STORE_FORMAT}")
         self.store_dtype = _dtype(spec["store_dtype"], "store_dtype")
         self.batch_size = _positive(spec, "batch_size")
         self.images_per_shard = _positive(spec, "images_per_shard")
@@ -184,7 +184,7 @@ class Extraction:
 
     def _prepare_shard_dir(self, planned: set[str]) -> None:
         """Clear shards made for another spec or other inputs, and files no shard of the plan owns."""
-        stamp = {"spec_hash": spec_hash(self.spec), "inputs_sha1": self._inputs_fingerprint(), "format": STORE_FORMAT}
+        stamp = {"spec_hash": spec_hash(self.spec), "inputs_sha1": self._inputs_fingerprint()}
         spec_file = self.shard_dir / SPEC_FILE
         stale = not spec_file.exists() or json.loads(spec_file.read_text(encoding="utf-8")) != stamp
         self.shard_dir.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,8 @@ class VlmBackbone(Backbone):
         written to it: its MLP, the layers above, the final norm and the LM head (logits at every
         position) cannot change what is read."""
         cache = DynamicCache(config=self.model.config)
-        forward_until(self.model, self.decoder_layers[deepest].self_attn, {**inputs, "past_key_values": cache, "use_cache": True})
+        stop_after = self.decoder_layers[deepest].self_attn
+        forward_until(self.model, stop_after, {**inputs, "past_key_values": cache, "use_cache": True})
         return cache
 
     @contextmanager
