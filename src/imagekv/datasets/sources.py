@@ -104,6 +104,7 @@ SOURCES: dict[str, DatasetSource] = {
                     strip="VOCdevkit/VOC2012/",
                     keep=("JPEGImages/*", "SegmentationClass/*", "ImageSets/Segmentation/*"),
                 ),
+            ),
             homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
             licence="VOC: images under Flickr terms, research use (VOC2012 page)",
             download_gb=1.9,
