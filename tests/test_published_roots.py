@@ -42,7 +42,7 @@ def file_bytes(root: Path) -> dict[str, bytes]:
 def twins(tmp_path_factory):
     """name -> (root, truth), each twin written at its published place inside a user's folder."""
     base = tmp_path_factory.mktemp("user")
-    return {name: (base / where, synthesize(name, base / where, SMOKE[name], seed=1)) for name, where in PUBLISHED.items()}
+    return {name: (base / at, synthesize(name, base / at, SMOKE[name], seed=1)) for name, at in PUBLISHED.items()}
 
 
 def test_pascal_twin_is_the_voc2012_folder(twins):
@@ -139,8 +139,13 @@ def with_value(value):
     return change
 
 
-def drop_line(path: Path, line: str) -> None:
+def only_void(array: np.ndarray) -> np.ndarray:
+    return np.where(array == 255, 255, 0).astype(np.uint8)
+
+
+def drop_line(path: Path, line: str) -> Path:
     path.write_text("".join(f"{kept}\n" for kept in path.read_text().split() if kept != line))
+    return path
 
 
 def pascal_mask(root: Path, truth) -> Path:
@@ -151,17 +156,15 @@ def imagenet_annotation(root: Path, truth) -> Path:
     return root / "validation-segmentation" / f"{truth.image_ids[0]}.png"
 
 
+MSRC_MASK = "MSRC/airplane/GroundTruth/1_1_s.png"
 # (dataset, rule) -> (break the copy and return the file the message must name, words of the message)
 MALFORMED = {
     ("pascal5i", "size"): (lambda r, t: _break(pascal_mask(r, t), narrower), "pixels but its image"),
     ("pascal5i", "label"): (lambda r, t: _break(pascal_mask(r, t), with_value(21)), "outside VOC's 0..20 and 255"),
-    ("pascal5i", "class"): (lambda r, t: _break(pascal_mask(r, t), lambda a: np.where(a == 255, 255, 0).astype(np.uint8)), "has no pixel of"),
-    ("pascal5i", "split"): (
-        lambda r, t: (drop_line(r / "ImageSets/Segmentation/val.txt", t.samples[0].query), r / "ImageSets/Segmentation/val.txt")[1],
-        "lacks 1 image(s) of",
-    ),
-    ("msrc", "size"): (lambda r, t: _break(r / "MSRC/airplane/GroundTruth/1_1_s.png", narrower), "pixels but its image"),
-    ("msrc", "label"): (lambda r, t: _break(r / "MSRC/airplane/GroundTruth/1_1_s.png", with_value(7)), "grey levels [7]"),
+    ("pascal5i", "class"): (lambda r, t: _break(pascal_mask(r, t), only_void), "has no pixel of"),
+    ("pascal5i", "split"): (lambda r, t: drop_line(r / "ImageSets/Segmentation/val.txt", t.samples[0].query), "lacks"),
+    ("msrc", "size"): (lambda r, t: _break(r / MSRC_MASK, narrower), "pixels but its image"),
+    ("msrc", "label"): (lambda r, t: _break(r / MSRC_MASK, with_value(7)), "grey levels [7]"),
     ("msrc", "mask"): (lambda r, t: _unlink(r / "MSRC/bicycle/GroundTruth/2_2_s.png"), "missing dataset file"),
     ("imagenet_s", "size"): (lambda r, t: _break(imagenet_annotation(r, t), narrower), "pixels but its image"),
     ("imagenet_s", "label"): (lambda r, t: _break(imagenet_annotation(r, t), with_value([51, 0, 0])), "class ids [51]"),

@@ -101,7 +101,7 @@ class ImageNetS:
         unknown = np.setdiff1d(np.unique(ids), [*range(len(self.wnids) + 1), IGNORE_ID])
         if unknown.size:
             raise DatasetFileError(
-                f"{path} holds class ids {unknown.tolist()[:5]} beyond the {len(self.wnids)} classes (and 1000 = ignored)"
+                f"{path} holds class ids {unknown.tolist()[:5]}, expected 0..{len(self.wnids)} or {IGNORE_ID}"
             )
         return np.where(np.isin(ids, [*self._ids, IGNORE_ID]), ids, OTHER_ID)
 

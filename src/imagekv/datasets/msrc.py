@@ -57,7 +57,7 @@ class Msrc:
         candidates = [image.parent / "GroundTruth" / f"{image.stem}{suffix}" for suffix in MASK_SUFFIXES]
         path = next((p for p in candidates if p.exists()), None)
         if path is None:
-            raise DatasetFileError(f"missing dataset file: {candidates[0]} (or {candidates[1].name}), the mask of {image}")
+            raise DatasetFileError(f"missing dataset file: {candidates[0]} (or .bmp), the mask of {image}")
         grey = read_grey(path)
         check_same_size(path, grey, image)
         unexpected = np.setdiff1d(np.unique(grey), [0, FOREGROUND])

@@ -34,7 +34,7 @@ import numpy as np
 from imagekv.datasets.files import DatasetFileError, check_same_size, read_index_png, read_lines, require
 from imagekv.datasets.schema import VOID, ImageRef, OracleTruth, SegEpisode
 
-PUBLISHED_ROOT = "the VOCdevkit/VOC2012 folder of VOCtrainval_11-May-2012.tar (JPEGImages/, SegmentationClass/, ImageSets/)"
+PUBLISHED_ROOT = "the VOCdevkit/VOC2012 folder of VOCtrainval_11-May-2012.tar (JPEGImages/, SegmentationClass/, ...)"
 VOC_CLASSES = tuple(
     "background aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse motorbike person"
     " pottedplant sheep sofa train tvmonitor".split()
@@ -81,7 +81,7 @@ def draw_episodes(entries: tuple[tuple[str, int], ...], fold: int, shots: int, c
         query, class_index = entries[index]
         others = [name for name in holders[class_index] if name != query]
         if len(others) < shots:
-            raise ValueError(f"fold {fold}: class {VOC_CLASSES[class_index]} has {len(others)} support images, not {shots}")
+            raise ValueError(f"fold {fold}: {VOC_CLASSES[class_index]} has {len(others)} support images, not {shots}")
         support = [others[i] for i in rng.choice(len(others), size=shots, replace=False)]
         episodes.append({"class_index": class_index, "query": query, "support": support})
     return episodes

@@ -17,7 +17,15 @@ from imagekv.datasets.imagenet_s import CATEGORIES, IGNORE_ID, class_names, vali
 from imagekv.datasets.files import read_lines, seeded_subset
 from imagekv.datasets.schema import VOID, TextQuery
 from imagekv.datasets.synthetic import SyntheticTruth
-from imagekv.datasets.synthetic.draw import class_style, random_placement, random_size, render, save_jpeg, save_png, shape_mask
+from imagekv.datasets.synthetic.draw import (
+    class_style,
+    random_placement,
+    random_size,
+    render,
+    save_jpeg,
+    save_png,
+    shape_mask,
+)
 
 IGNORE_BAND = 1.12
 
