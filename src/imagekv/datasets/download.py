@@ -332,7 +332,7 @@ def fetch_dataset(
     retry: RetryPolicy = RetryPolicy(),
     keep_downloads: bool = False,
 ) -> None:
-    """Make `target` hold dataset `name` in its published layout (what the loader reads), verified; a no-op when complete.
+    """Make `target` hold dataset `name` in its published layout, verified; a no-op when complete.
 
     `cache_dir` (default `<target parent>/.downloads`) keeps `<name>/<file>.partial` across failures;
     `user_files` maps an archive name to a local path or URL (licensed data such as ImageNet);
