@@ -49,8 +49,6 @@ def load_dataset(name: str, root: Path, cfg: dict) -> Dataset:
 def check_dataset(name: str, root: Path, cfg: dict) -> dict:
     """Open a user's copy once before any job reads it: every image and annotation the run uses is
     parsed and validated; an error names the file and the folder `root` must be. Returns a summary."""
-    module, cls = _LOADERS[name]
-    published = getattr(getattr(importlib.import_module(module), cls), "PUBLISHED_ROOT", "its published layout")
     root = Path(root)
     try:
         if not root.is_dir():
@@ -62,5 +60,11 @@ def check_dataset(name: str, root: Path, cfg: dict) -> dict:
                 raise DatasetFileError(f"missing dataset file: {ref.path}")
         samples = sum(1 for _ in dataset.samples())
     except DatasetFileError as error:
-        raise DatasetFileError(f"{error}\n(datasets.{name}.root must be {published})") from error
+        raise DatasetFileError(f"{error}\n(datasets.{name}.root must be {published_root(name)})") from error
     return {"dataset": name, "root": str(root), "images": len(images), "samples": samples}
+
+
+def published_root(name: str) -> str:
+    """What a dataset's root holds, as its loader's `PUBLISHED_ROOT` says."""
+    module, cls = _LOADERS[name]
+    return getattr(getattr(importlib.import_module(module), cls), "PUBLISHED_ROOT", "the folder its archive unpacks to")
