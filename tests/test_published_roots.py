@@ -19,6 +19,7 @@ from PIL import Image
 from imagekv import plan
 from imagekv.config import ConfigError, validate_config
 from imagekv.datasets import load_dataset
+from imagekv.datasets.files import DatasetFileError
 from imagekv.datasets.imagenet_s import CATEGORIES, VALIDATION
 from imagekv.datasets.pascal5i import fold_entries
 from imagekv.datasets.synthetic import synthesize, write_synthetic
@@ -207,7 +208,7 @@ def test_a_malformed_annotation_stops_the_entry_point_naming_its_file(tmp_path, 
 def test_an_unknown_msrc_class_is_named(tmp_path):
     root = tmp_path / PUBLISHED["msrc"]
     write_synthetic("msrc", root, SMOKE["msrc"], seed=1)
-    with pytest.raises(Exception, match=r"missing class folder\(s\) \['cow'\] in .*/Data/MSRC"):
+    with pytest.raises(DatasetFileError, match=r"missing class folder\(s\) \['cow'\] in .*/Data/MSRC"):
         load_dataset("msrc", root, {**SMOKE["msrc"], "classes": ["airplane", "cow"]})
 
 
