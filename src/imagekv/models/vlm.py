@@ -220,4 +220,5 @@ class AnyresBackbone(VlmBackbone):
                 f"{base + rows * (cols + 1)}; the processor did not pack this image as one anyres image"
             )
         index = base + torch.arange(rows)[:, None] * (cols + 1) + torch.arange(cols)[None, :]
-        return index.flatten(), TokenGrid(rows, cols, image.height, image.width)
+        footprint = self.geometry.crop_map_footprint(height, width)
+        return index.flatten(), TokenGrid(rows, cols, image.height, image.width, footprint)
