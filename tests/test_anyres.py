@@ -135,3 +135,15 @@ def test_the_crops_grid_tiles_the_kept_tokens_footprint():
     assert (grid.rows, grid.cols) == (48, 16) and (y0, y1) == (0, 640)
     assert x0 == pytest.approx(-7 * 200 / 210) and x1 == pytest.approx(217 * 200 / 210)
     assert TokenGrid(*grid.to_json()) == grid
+
+
+@pytest.mark.parametrize("name, read", [("llava_onevision", 378 / 384), ("llava_next", 1.0)])
+def test_the_base_view_footprint_is_what_the_patch_embedding_reads(name, read):
+    """The squashed crop goes through a stride-`patch` convolution without padding: SigLIP's 27
+    patches of 14 px read 378 of its 384 px, CLIP's 24 read all 336."""
+    backbone, _ = paper_backbone(name)
+    conv = backbone.model.model.vision_tower.get_input_embeddings()
+    crop = backbone.model.config.vision_config.image_size
+    assert conv.stride[0] * backbone.side == round(read * crop) and conv.padding in ("valid", (0, 0))
+    _, grid = backbone.grid_tokens({}, Image.new("RGB", (640, 480)), backbone.side**2)
+    assert grid.box == pytest.approx((0, 0, 640 * read, 480 * read))

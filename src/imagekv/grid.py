@@ -30,7 +30,8 @@ class TokenGrid:
             x0, y0, x1, y1 = (float(edge) for edge in self.footprint)
             if not (x0 < x1 and y0 < y1):
                 raise ValueError(f"token grid footprint {self.footprint} is not a rectangle (x0, y0, x1, y1)")
-            object.__setattr__(self, "footprint", (x0, y0, x1, y1))
+            whole = (x0, y0, x1, y1) == (0.0, 0.0, float(self.width), float(self.height))
+            object.__setattr__(self, "footprint", None if whole else (x0, y0, x1, y1))
 
     @property
     def box(self) -> tuple[float, float, float, float]:

@@ -90,11 +90,19 @@ class AnyresGeometry:
             return int(rows // ratio), int(cols // ratio)
         return rows, cols
 
+    def base_footprint(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) in original-image px that the base view's tokens read: the image is
+        squashed to one crop, whose last crop - side * patch px (6 of SigLIP's 384) no token reads."""
+        read = self.side * self.patch / self.crop
+        return 0.0, 0.0, width * read, height * read
+
     def crop_map_footprint(self, height: int, width: int) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) in original-image px of what the crops view's tokens read: the kept
         tokens' extent on the canvas, mapped back through the centring and the resize. It can
         reach a little past the image (a padded row kept) or stop short of it (a partial edge
-        row dropped, and the px of each crop beyond side * patch, which no token reads)."""
+        row dropped, or the last crop's px beyond side * patch, which no token reads). Within it
+        the cells are taken as equal: where crop - side * patch > 0 (OneVision: 6 px per 384 px
+        crop) the tokens of each crop sit up to that many canvas px closer together than that."""
         canvas_h, canvas_w = self.canvas(height, width)
         (r0, r1), (c0, c1) = self.unpadded_span(height, width)
         (y0, y1), (x0, x1) = self._token_extent(r0, r1), self._token_extent(c0, c1)

@@ -194,8 +194,9 @@ def chat_template_parts(processor: ProcessorMixin) -> tuple[str, str]:
 class AnyresBackbone(VlmBackbone):
     """LLaVA-OneVision and LLaVA-NeXT: the base view (the whole image squashed to one crop, side x
     side tokens, raster order, no newlines) comes first, then the unpadded high-resolution map of the
-    anyres crops with one newline token after each row, its shape from the image size and the model
-    config (imagekv.models.anyres). Config key `view`: base (default) | crops."""
+    anyres crops with one newline token after each row. Both grids' shapes and pixel footprints come
+    from the image size and the model config (imagekv.models.anyres). Config key `view`: base
+    (default) | crops."""
 
     VIEWS = ("base", "crops")
 
@@ -210,7 +211,8 @@ class AnyresBackbone(VlmBackbone):
     def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
         base = self.side * self.side
         if self.view == "base":
-            return torch.arange(base), TokenGrid(self.side, self.side, image.height, image.width)
+            footprint = self.geometry.base_footprint(image.height, image.width)
+            return torch.arange(base), TokenGrid(self.side, self.side, image.height, image.width, footprint)
         height, width = (int(size) for size in inputs["image_sizes"][0])  # what the model unpads with
         rows, cols = self.geometry.crop_map_shape(height, width)
         if base + rows * (cols + 1) != num_image_tokens:
