@@ -1,8 +1,9 @@
-"""The crops view's token map at the real geometry of both anyres models, checked against the
-models' own packing: transformers' `pack_image_features` run on zero features with a newline of
-ones, whose newline positions give the map's rows and columns, and the processor's own count of
-image tokens. Sizes: 4,000 random photo sizes per model (fixed seed) and the sizes the former guess
-from the token count got wrong (issue 14)."""
+"""The anyres token maps at the real geometry of both models (tests/test_paper_architectures.py),
+checked against the models' own code: transformers' `pack_image_features` run on features that
+hold each token's place in the padded map, with a newline of -1 (its newline positions give the
+map's rows and columns, its first token where unpadding cut), the processor's own count of image
+tokens, and the image processor's own canvas. Sizes: 4,000 random photo sizes per model (fixed
+seed) and the sizes the former guess from the token count got wrong (issue 14)."""
 
 import functools
 import inspect
@@ -83,7 +84,8 @@ def test_crops_map_and_base_view_make_the_processors_token_count(crops_backbone)
     sizes = photo_sizes()
     counts = crops_backbone.processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"]
     base = crops_backbone.side**2
-    made = [base + rows * (cols + 1) for rows, cols in map(lambda size: crops_backbone.geometry.crop_map_shape(*size), sizes)]
+    shapes = [crops_backbone.geometry.crop_map_shape(*size) for size in sizes]
+    made = [base + rows * (cols + 1) for rows, cols in shapes]
     assert made == counts
 
 
@@ -103,6 +105,14 @@ def test_grid_tokens_skip_the_newlines_of_the_packed_map(name, size, shape):
     assert len(index) == rows * cols and not torch.isin(index, newlines).any() and int(index.max()) < newlines[-1]
     with pytest.raises(ValueError, match=f"image of {width}x{height} px has {base + 1} image tokens"):
         backbone.grid_tokens(inputs, Image.new("RGB", (width, height)), base + 1)  # multi-image mode: no crops
+
+
+def test_an_image_whose_crops_map_unpads_to_nothing_is_named():
+    """LLaVA-NeXT, 2000 x 10 px: across 72 token columns the image fills 0.36 of the 24 token rows,
+    so unpadding drops them all."""
+    backbone, _ = paper_backbone("llava_next", view="crops")
+    with pytest.raises(ValueError, match="image of 2000x10 px unpads to an empty 0x72 crops map"):
+        backbone.grid_tokens({"image_sizes": torch.tensor([[10, 2000]])}, Image.new("RGB", (2000, 10)), 576)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -3,8 +3,9 @@
 Our own account of what transformers 5.23 does (read in models/llava_next and models/llava_onevision:
 the image processors' best-canvas choice, aspect-keeping resize and centred padding; the models'
 `pack_image_features`: crops tiled into one token map, `unpad_image`, OneVision's `anyres_max_N`
-downsampling, one newline token after each row). Everything here is integer arithmetic on the image
-size and the model config; tests/test_anyres.py checks it against the models' own packing.
+downsampling, one newline token after each row). Everything here is arithmetic on the image size
+and the model config; tests/test_anyres.py checks it against the models' own packing and the image
+processors' own canvas.
 
 Geometry, for an H x W image:
 - canvas: the pinpoint (h, w) that keeps the most image pixels after an aspect-keeping downscale

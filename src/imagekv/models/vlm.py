@@ -215,6 +215,10 @@ class AnyresBackbone(VlmBackbone):
             return torch.arange(base), TokenGrid(self.side, self.side, image.height, image.width, footprint)
         height, width = (int(size) for size in inputs["image_sizes"][0])  # what the model unpads with
         rows, cols = self.geometry.crop_map_shape(height, width)
+        if rows < 1 or cols < 1:
+            raise ValueError(
+                f"{self.name}: image of {width}x{height} px unpads to an empty {rows}x{cols} crops map; use view: base"
+            )
         if base + rows * (cols + 1) != num_image_tokens:
             raise ValueError(
                 f"{self.name}: image of {width}x{height} px has {num_image_tokens} image tokens, but its base view "
