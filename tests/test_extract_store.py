@@ -53,6 +53,8 @@ def store_bytes(manifest: Path) -> dict[str, bytes]:
         ("siglip", {"source": "tiny"}, ["values"]),
         # Qwen2.5-VL at native resolution: every image its own grid, so a shard's token runs differ
         ("qwen2_5_vl", {"source": "tiny", "resolution": "native"}, ["values", "keys", "projection"]),
+        # the anyres crops map: grids whose footprint is not the whole image
+        ("llava_next", {"source": "tiny", "view": "crops"}, ["values"]),
     ],
 )
 def test_store_returns_exactly_what_the_backbone_gave_in_fp16(refcoco, tmp_path, model, model_cfg, store):
@@ -72,8 +74,10 @@ def test_store_returns_exactly_what_the_backbone_gave_in_fp16(refcoco, tmp_path,
             assert torch.equal(got, expected.unsqueeze(0) if representation == "projection" else expected)
         assert store.grid(ref.image_id) == output.grid
         assert store.layers == output.layers
-    if model == "qwen2_5_vl":
+    if model in ("qwen2_5_vl", "llava_next"):
         assert len({store.grid(image_id).num_tokens for image_id in store.image_ids}) > 1
+    if model == "llava_next":
+        assert any(store.grid(image_id).footprint is not None for image_id in store.image_ids)
     texts = sorted(dataset.texts())
     if model != "siglip":
         expected = backbone.encode_text(texts).half().float()

@@ -50,3 +50,25 @@ def test_to_pixels_keeps_leading_dims_and_constant_maps():
     up = grid.to_pixels(scores)
     assert up.shape == (4, 8, 9)
     assert torch.allclose(up, torch.full_like(up, 0.25))
+
+
+def test_to_pixels_of_a_whole_image_grid_is_the_standard_bilinear_resize():
+    grid = TokenGrid(rows=5, cols=7, height=13, width=40)
+    scores = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(scores[:, None], size=(13, 40), mode="bilinear", align_corners=False)
+    assert torch.allclose(grid.to_pixels(scores), expected[:, 0], atol=1e-5)
+
+
+def test_a_footprint_past_the_image_moves_the_cells_and_cuts_them_at_the_edge():
+    """Four columns tiling x in [-2, 18) of a 16 px wide image: 5 px cells, the outer ones cut to 3 px."""
+    grid = TokenGrid(rows=1, cols=4, height=2, width=16, footprint=[-2, 0, 18, 2])
+    assert grid.cell_box(0, 0) == (-2.0, 0.0, 3.0, 2.0) and grid.token_of_point(3.5, 1) == (0, 1)
+    np.testing.assert_allclose(grid.centers()[:, 0], [0.5, 5.5, 10.5, 15.5])
+    mask = np.zeros((2, 16), bool)
+    mask[:, :2] = True  # 2 of the 3 image columns of cell 0
+    np.testing.assert_allclose(grid.coverage(mask), [[2 / 3, 0, 0, 0]])
+    up = grid.to_pixels(torch.tensor([[0.0, 1.0, 2.0, 3.0]]))
+    np.testing.assert_allclose(up[0].numpy(), np.clip((np.arange(16) + 0.5 + 2) / 5 - 0.5, 0, 3), atol=1e-6)
+    assert TokenGrid(*grid.to_json()) == grid and TokenGrid(1, 4, 2, 16).to_json() == [1, 4, 2, 16]
+    with pytest.raises(ValueError, match="not a rectangle"):
+        TokenGrid(1, 1, 2, 2, footprint=(1, 0, 1, 2))

@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from imagekv.models.registry import build_backbone
-from imagekv.models.vlm import crop_map_shape
 
 MODELS = ("llava_onevision", "qwen2_5_vl", "llava_next")
 
@@ -165,13 +164,6 @@ def test_crop_view_skips_exactly_the_newline_tokens(name):
     rows, cols = output.grid.rows, output.grid.cols
     assert cols > rows and int(is_newline.sum()) == rows
     assert torch.equal(output.projection.reshape(rows * cols, -1), crop_rows[~is_newline])
-
-
-def test_crop_map_shape_picks_the_factorisation_nearest_the_aspect():
-    assert crop_map_shape(8 * 17, 2.0) == (8, 16)
-    assert crop_map_shape(16 * 9, 0.5) == (16, 8)
-    with pytest.raises(ValueError, match="view: base"):
-        crop_map_shape(1, 1.0)
 
 
 def test_bad_config_keys_are_named():

@@ -211,7 +211,7 @@ class Extraction:
         for image_id, output in zip(image_ids, outputs, strict=True):
             meta["layers"] = list(_same_layers(meta.get("layers"), output.layers, image_id))
             grid = output.grid
-            meta.setdefault("grids", {})[image_id] = [grid.rows, grid.cols, grid.height, grid.width]
+            meta.setdefault("grids", {})[image_id] = grid.to_json()
             for representation in self.store:
                 tensor = getattr(output, representation)
                 if tensor is None:

@@ -16,7 +16,9 @@ from safetensors import safe_open
 
 from imagekv.grid import TokenGrid
 from imagekv.io import read_json
-from imagekv.plan import STORE_FORMAT  # 2: one [layers, tokens, C] tensor per representation and shard
+# Format 3: one [layers, tokens, C] tensor per representation and shard; an image's grid is
+# [rows, cols, height, width], then its footprint if it does not tile the whole image (TokenGrid.to_json).
+from imagekv.plan import STORE_FORMAT
 
 SHARD_DIR = "shards"  # beside the manifest
 MANIFEST = "manifest.json"

@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import AutoProcessor, DynamicCache, PreTrainedModel, ProcessorMixin
 
 from imagekv.grid import TokenGrid
+from imagekv.models.anyres import AnyresGeometry
 from imagekv.models.base import Backbone, BackboneOutput
 from imagekv.models.partial_forward import forward_until
 from imagekv.models.tiny import build_tiny
@@ -193,14 +194,16 @@ def chat_template_parts(processor: ProcessorMixin) -> tuple[str, str]:
 class AnyresBackbone(VlmBackbone):
     """LLaVA-OneVision and LLaVA-NeXT: the base view (the whole image squashed to one crop, side x
     side tokens, raster order, no newlines) comes first, then the unpadded high-resolution map of the
-    anyres crops with one newline token after each row. Config key `view`: base (default) | crops."""
+    anyres crops with one newline token after each row. Both grids' shapes and pixel footprints come
+    from the image size and the model config (imagekv.models.anyres). Config key `view`: base
+    (default) | crops."""
 
     VIEWS = ("base", "crops")
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, cfg: dict):
         super().__init__(model, processor, cfg)
-        vision = model.config.vision_config
-        self.side = vision.image_size // vision.patch_size
+        self.geometry = AnyresGeometry.from_config(model.config)
+        self.side = self.geometry.side
         self.view = cfg.get("view", "base")
         if self.view not in self.VIEWS:
             raise ValueError(f"{self.name} config key 'view' must be one of {self.VIEWS}, got {self.view!r}")
@@ -208,18 +211,20 @@ class AnyresBackbone(VlmBackbone):
     def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
         base = self.side * self.side
         if self.view == "base":
-            return torch.arange(base), TokenGrid(self.side, self.side, image.height, image.width)
-        rows, cols = crop_map_shape(num_image_tokens - base, image.width / image.height)
+            footprint = self.geometry.base_footprint(image.height, image.width)
+            return torch.arange(base), TokenGrid(self.side, self.side, image.height, image.width, footprint)
+        height, width = (int(size) for size in inputs["image_sizes"][0])  # what the model unpads with
+        rows, cols = self.geometry.crop_map_shape(height, width)
+        if rows < 1 or cols < 1:
+            raise ValueError(
+                f"{self.name}: image of {width}x{height} px unpads to an empty {rows}x{cols} crops map; use view: base"
+            )
+        if base + rows * (cols + 1) != num_image_tokens:
+            raise ValueError(
+                f"{self.name}: image of {width}x{height} px has {num_image_tokens} image tokens, but its base view "
+                f"({base}) and a crops map of {rows}x{cols} tokens with a newline per row make "
+                f"{base + rows * (cols + 1)}; the processor did not pack this image as one anyres image"
+            )
         index = base + torch.arange(rows)[:, None] * (cols + 1) + torch.arange(cols)[None, :]
-        return index.flatten(), TokenGrid(rows, cols, image.height, image.width)
-
-
-def crop_map_shape(num_tokens: int, aspect: float) -> tuple[int, int]:
-    """(rows, cols) of the unpadded crop map from its token count, rows * (cols + 1) with a newline
-    per row: of the factorisations, the one whose cols/rows is nearest the image's width/height
-    (unpadding keeps the image's aspect up to one token)."""
-    shapes = [(rows, num_tokens // rows - 1) for rows in range(1, num_tokens + 1) if num_tokens % rows == 0]
-    shapes = [(rows, cols) for rows, cols in shapes if cols >= 1]
-    if not shapes or num_tokens <= 1:
-        raise ValueError("this image has no high-resolution crops (one crop only); use view: base")
-    return min(shapes, key=lambda shape: abs(torch.log(torch.tensor(shape[1] / shape[0] / aspect)).item()))
+        footprint = self.geometry.crop_map_footprint(height, width)
+        return index.flatten(), TokenGrid(rows, cols, image.height, image.width, footprint)
