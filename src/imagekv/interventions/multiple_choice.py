@@ -20,6 +20,7 @@ from torch import nn
 
 from imagekv.datasets.schema import BlinkItem
 from imagekv.interventions.blocking import block_attention
+from imagekv.models.prompts import processor_inputs, user_turn
 
 LETTERS = string.ascii_uppercase
 MIN_OPTIONS, MAX_OPTIONS = 2, 6
@@ -109,8 +110,7 @@ def question_text(item: BlinkItem, instruction: str = DEFAULT_ANSWER_INSTRUCTION
 def chat_prompt(processor, text: str, num_images: int, add_generation_prompt: bool = True) -> str:
     """One user turn holding `num_images` images then `text`, in the processor's own chat template."""
     content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
-    messages = [{"role": "user", "content": content}]
-    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    return user_turn(processor, content, add_generation_prompt=add_generation_prompt)
 
 
 def generation_header(processor) -> str:
@@ -166,7 +166,7 @@ def locate_answer(
 def prepare_question(processor, text: str, images: Sequence[Image.Image]) -> tuple[Mapping, AnswerLayout]:
     """Model inputs for one question with its images, and their AnswerLayout."""
     tokenizer = processor.tokenizer
-    inputs = processor(text=chat_prompt(processor, text, len(images)), images=list(images), return_tensors="pt")
+    inputs = processor_inputs(processor, chat_prompt(processor, text, len(images)), images)
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError("the harness scores one question at a time (batch size 1)")
     header_ids = tokenizer.encode(generation_header(processor), add_special_tokens=False)
