@@ -167,3 +167,21 @@ def test_a_prompt_without_the_generation_header_is_refused(twin):
     header = processor.tokenizer.encode(generation_header(processor), add_special_tokens=False)
     with pytest.raises(AnswerPositionError, match="generation header"):
         locate_answer(ids, processor.image_token_id, tokens_per_image(processor, images), header)
+
+
+def test_llava_onevision_gives_each_image_of_a_question_its_base_view(twin):
+    """Several images in one question: LLaVA-OneVision's multi-image mode (base view plus one newline
+    token per image, 8x8 + 1 for the twin), not an anyres tiling of each; the others as alone."""
+    arch, _, processor = twin
+    alone = [tokens_per_image(processor, [image])[0] for image in _images(3)]
+    together = tokens_per_image(processor, _images(3))
+    if arch == "llava_onevision":
+        assert together == [8 * 8 + 1] * 3 and alone[0] > 8 * 8 + 1
+    else:
+        assert together == alone
+
+
+def test_a_prompt_beyond_the_context_is_refused_before_any_forward(twin):
+    _, _, processor = twin
+    with pytest.raises(AnswerPositionError, match="beyond the model's context of 10"):
+        prepare_question(processor, QUESTION, _images(2), max_length=10)
