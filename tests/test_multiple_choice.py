@@ -185,3 +185,13 @@ def test_a_prompt_beyond_the_context_is_refused_before_any_forward(twin):
     _, _, processor = twin
     with pytest.raises(AnswerPositionError, match="beyond the model's context of 10"):
         prepare_question(processor, QUESTION, _images(2), max_length=10)
+
+
+def test_llava_next_squashes_the_images_of_a_multi_image_question_to_one_crop():
+    from imagekv.models.registry import build_backbone
+
+    backbone = build_backbone("llava_next", {"source": "tiny"}, device="cpu", dtype=torch.float32)
+    images = backbone.question_images(_images(3))
+    # 96 px crop: 8x8 base tokens, then the best pinpoint 96x192 unpadded back to the square: 8 x (8 + 1)
+    assert tokens_per_image(backbone.processor, images) == [64 + 8 * 9] * 3
+    assert backbone.question_images(_images(1))[0].size == (48, 36)  # one image: as it is

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from transformers import LlavaNextConfig, LlavaOnevisionConfig, Qwen2_5_VLConfig
 
+from imagekv.interventions.multiple_choice import prepare_question
 from imagekv.models.prompts import processor_inputs
 from imagekv.models.published import published_file, published_processor
 from imagekv.models.registry import _REGISTRY, backbone_names
@@ -77,3 +78,19 @@ def test_qwen_native_resolution_rounds_to_28_px_cells():
     inputs, count = _image_tokens(backbone, image)
     _, grid = backbone.grid_tokens(inputs, image, count)
     assert count == 17 * 23 and (grid.rows, grid.cols) == (17, 23)
+
+
+def test_llava_next_fits_four_blink_images_in_its_context():
+    backbone, config = paper_backbone("llava_next")
+    images = backbone.question_images([Image.new("RGB", (640, 480), "gray")] * 4)
+    context = config["text_config"]["max_position_embeddings"]
+    _, layout = prepare_question(backbone.processor, "Which image is the odd one out?", images, max_length=context)
+    assert layout.image_lengths == (576 + 24 * 25,) * 4  # base view, then one crop unpadded: 24 x (24 + 1)
+
+
+def test_llava_onevision_gives_each_blink_image_its_base_view():
+    backbone, config = paper_backbone("llava_onevision")
+    images = [Image.new("RGB", (640, 480), "gray")] * 4
+    context = config["text_config"]["max_position_embeddings"]
+    _, layout = prepare_question(backbone.processor, "Which image is the odd one out?", images, max_length=context)
+    assert layout.image_lengths == (27 * 27 + 1,) * 4  # multi-image mode: base view and one newline each

@@ -74,6 +74,10 @@ class VlmBackbone(Backbone):
         """The image as handed to the processor; Qwen2.5-VL's fixed-resolution option resizes here."""
         return image
 
+    def question_images(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """The prepared images of one multi-image question (BLINK), as handed to the processor."""
+        return list(images)
+
     @abstractmethod
     def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
         """Which of the image's tokens (indices into its run of image tokens) form the probed grid,
