@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from imagekv.models.prompts import processor_inputs, text_ids, text_prompt, user_turn
 from imagekv.models.registry import build_backbone
 
 MODELS = ("llava_onevision", "qwen2_5_vl", "llava_next")
@@ -72,10 +73,13 @@ def test_the_forward_stops_once_the_deepest_layer_read_has_written_its_cache(bac
             handle.remove()
 
 
-def test_the_prompt_is_the_template_header_then_prefix_then_image(backbone):
-    header = backbone.header
-    assert header.endswith("user\n") or header.endswith("user<|end_header_id|>\n\n")
-    assert backbone.prompt_text("Look: ") == header + "Look: " + backbone.image_markup
+def test_the_prompt_ends_with_the_image_and_a_prefix_goes_right_before_the_image_part(backbone):
+    """Exact token ids against the published templates: tests/test_prompts.py."""
+    plain, prefixed = backbone.prompt_text(), backbone.prompt_text("Look: ")
+    assert plain.endswith(backbone.processor.image_token)
+    start = prefixed.index("Look: ")
+    assert prefixed[:start] + prefixed[start + len("Look: ") :] == plain
+    assert prefixed[start + len("Look: ") :].startswith(("<image>", "<|vision_start|>"))
 
 
 def test_a_prefix_changes_the_image_kv_and_text_after_the_image_does_not(backbone):
@@ -83,11 +87,10 @@ def test_a_prefix_changes_the_image_kv_and_text_after_the_image_does_not(backbon
     (plain,) = backbone.encode([image])
     (prefixed,) = backbone.encode([image], prefix="Find the dog. ")
     assert not torch.allclose(plain.values[1:], prefixed.values[1:])
-    # Causality: a question after the image leaves the image's cache entries as they were.
-    inputs = backbone.processor(
-        text=backbone.prompt_text() + "What is this?", images=[backbone.prepare_image(image)],
-        return_tensors="pt", add_special_tokens=False,
-    )
+    # Causality: the whole turn the template renders (the question after the image, the generation
+    # header) leaves the image's cache entries as the prompt cut after the image has them.
+    turn = user_turn(backbone.processor, [{"type": "image"}, {"type": "text", "text": "What is this?"}], True)
+    inputs = processor_inputs(backbone.processor, turn, [backbone.prepare_image(image)])
     with torch.no_grad():
         cache = backbone.model(**inputs, use_cache=True).past_key_values
     rows, cols = plain.grid.rows, plain.grid.cols
@@ -128,9 +131,9 @@ def test_pre_rope_keys_are_k_proj_of_the_normed_hidden_state(backbone):
 def test_text_values_are_the_last_text_token_of_the_cache(backbone):
     values = backbone.encode_text(["a cat", "the red car on the left"], layers=[0, 2])
     assert values.shape == (2, 2, 32)
-    ids = backbone.processor.tokenizer(backbone.header + "a cat", add_special_tokens=False, return_tensors="pt")
+    ids = text_ids(backbone.processor, text_prompt(backbone.processor, "a cat"))
     with torch.no_grad():
-        cache = backbone.model(**ids, use_cache=True).past_key_values
+        cache = backbone.model(input_ids=ids, use_cache=True).past_key_values
     assert torch.equal(values[0, 1], torch.cat(list(cache.layers[2].values[0][:, -1])))
 
 

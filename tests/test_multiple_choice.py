@@ -167,3 +167,31 @@ def test_a_prompt_without_the_generation_header_is_refused(twin):
     header = processor.tokenizer.encode(generation_header(processor), add_special_tokens=False)
     with pytest.raises(AnswerPositionError, match="generation header"):
         locate_answer(ids, processor.image_token_id, tokens_per_image(processor, images), header)
+
+
+def test_llava_onevision_gives_each_image_of_a_question_its_base_view(twin):
+    """Several images in one question: LLaVA-OneVision's multi-image mode (base view plus one newline
+    token per image, 8x8 + 1 for the twin), not an anyres tiling of each; the others as alone."""
+    arch, _, processor = twin
+    alone = [tokens_per_image(processor, [image])[0] for image in _images(3)]
+    together = tokens_per_image(processor, _images(3))
+    if arch == "llava_onevision":
+        assert together == [8 * 8 + 1] * 3 and alone[0] > 8 * 8 + 1
+    else:
+        assert together == alone
+
+
+def test_a_prompt_beyond_the_context_is_refused_before_any_forward(twin):
+    _, _, processor = twin
+    with pytest.raises(AnswerPositionError, match="beyond the model's context of 10"):
+        prepare_question(processor, QUESTION, _images(2), max_length=10)
+
+
+def test_llava_next_squashes_the_images_of_a_multi_image_question_to_one_crop():
+    from imagekv.models.registry import build_backbone
+
+    backbone = build_backbone("llava_next", {"source": "tiny"}, device="cpu", dtype=torch.float32)
+    images = backbone.question_images(_images(3))
+    # 96 px crop: 8x8 base tokens, then the best pinpoint 96x192 unpadded back to the square: 8 x (8 + 1)
+    assert tokens_per_image(backbone.processor, images) == [64 + 8 * 9] * 3
+    assert backbone.question_images(_images(1))[0].size == (48, 36)  # one image: as it is

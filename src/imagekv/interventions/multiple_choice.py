@@ -4,6 +4,11 @@ The answer is the option letter with the highest next-token log-likelihood at th
 the last prompt token (the end of the assistant generation header). A letter's likelihood sums the
 probabilities of its single-token spellings ("A" and " A"), so a tokenizer that prefers either one
 is scored fairly. Greedy decoding plus a regex over the generated text is the cross-check.
+
+A question's images go to the processor as one sample's image list, the processors' native
+multi-image form: LLaVA-OneVision then gives each image its base view and one newline token (its
+multi-image mode) rather than an anyres tiling each; Qwen2.5-VL and LLaVA-NeXT process each image as
+they would alone. A prompt longer than the model's context is refused before any forward.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 
 from imagekv.datasets.schema import BlinkItem
 from imagekv.interventions.blocking import block_attention
+from imagekv.models.prompts import processor_inputs, user_turn
 
 LETTERS = string.ascii_uppercase
 MIN_OPTIONS, MAX_OPTIONS = 2, 6
@@ -109,8 +115,7 @@ def question_text(item: BlinkItem, instruction: str = DEFAULT_ANSWER_INSTRUCTION
 def chat_prompt(processor, text: str, num_images: int, add_generation_prompt: bool = True) -> str:
     """One user turn holding `num_images` images then `text`, in the processor's own chat template."""
     content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
-    messages = [{"role": "user", "content": content}]
-    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    return user_turn(processor, content, add_generation_prompt=add_generation_prompt)
 
 
 def generation_header(processor) -> str:
@@ -123,11 +128,15 @@ def generation_header(processor) -> str:
 
 
 def tokens_per_image(processor, images: Sequence[Image.Image]) -> list[int]:
-    """How many image tokens the processor gives each image (adjacent images form one run)."""
-    counts = []
-    for image in images:
-        ids = processor(text=processor.image_token, images=[image], return_tensors="pt")["input_ids"]
-        counts.append(int((ids == processor.image_token_id).sum()))
+    """How many image tokens the processor gives each image of one question (in a prompt adjacent
+    images form one run; here a newline after each placeholder keeps the runs apart)."""
+    text = "".join(processor.image_token + "\n" for _ in images)
+    ids = processor(text=text, images=[list(images)], return_tensors="pt")["input_ids"][0]
+    is_image = torch.cat([torch.zeros(1), (ids == processor.image_token_id).float(), torch.zeros(1)])
+    edges = torch.diff(is_image).nonzero().flatten()  # run starts and ends alternate
+    counts = (edges[1::2] - edges[::2]).tolist()
+    if len(counts) != len(images):
+        raise AnswerPositionError(f"{len(images)} images gave {len(counts)} runs of image tokens")
     return counts
 
 
@@ -163,12 +172,20 @@ def locate_answer(
     return AnswerLayout(answer_position, query_start, starts, tuple(int(n) for n in image_lengths))
 
 
-def prepare_question(processor, text: str, images: Sequence[Image.Image]) -> tuple[Mapping, AnswerLayout]:
-    """Model inputs for one question with its images, and their AnswerLayout."""
+def prepare_question(
+    processor, text: str, images: Sequence[Image.Image], max_length: int | None = None
+) -> tuple[Mapping, AnswerLayout]:
+    """Model inputs for one question with its images (one sample: the native multi-image form), and
+    their AnswerLayout; a prompt longer than `max_length` tokens is refused."""
     tokenizer = processor.tokenizer
-    inputs = processor(text=chat_prompt(processor, text, len(images)), images=list(images), return_tensors="pt")
+    inputs = processor_inputs(processor, chat_prompt(processor, text, len(images)), [list(images)])
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError("the harness scores one question at a time (batch size 1)")
+    length = inputs["input_ids"].shape[1]
+    if max_length is not None and length > max_length:
+        raise AnswerPositionError(
+            f"the prompt with {len(images)} image(s) is {length} tokens, beyond the model's context of {max_length}"
+        )
     header_ids = tokenizer.encode(generation_header(processor), add_special_tokens=False)
     closer_ids = [tokenizer.convert_tokens_to_ids(token) for token in IMAGE_BLOCK_CLOSERS]
     closer_ids = [i for i in closer_ids if i is not None and i != tokenizer.unk_token_id]
@@ -199,7 +216,8 @@ def answer_question(
     greedy_tokens: int = 0,
 ) -> QuestionResult:
     """Score one question, with attention blocked as `block_rule` says for this prompt's layout."""
-    inputs, layout = prepare_question(processor, text, images)
+    context = model.config.get_text_config().max_position_embeddings
+    inputs, layout = prepare_question(processor, text, images, max_length=context)
     blocked = block_rule(layout) if block_rule else {}
     letter_ids = letter_token_ids(processor.tokenizer, num_options)
     with block_attention(model, blocked, layout.query_start):

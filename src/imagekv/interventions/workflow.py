@@ -192,7 +192,8 @@ def blink_answers(spec: dict, flags_path: Path, output: Path) -> None:
     log.info("%s: blocking %d layers: %s", spec["model"], len(flagged), {k: len(v) for k, v in flagged.items()})
     rows = []
     for number, item in enumerate(dataset.samples()):
-        images = [backbone.prepare_image(load_rgb(paths[image_id])) for image_id in item.image_ids]
+        prepared = [backbone.prepare_image(load_rgb(paths[image_id])) for image_id in item.image_ids]
+        images = backbone.question_images(prepared)
         offsets = [layout_offsets(backbone, image, flags["num_positions"]) for image in images]
         text = prompt_for(item, params["answer_instruction"])
         for condition in params["conditions"]:

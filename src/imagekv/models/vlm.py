@@ -1,7 +1,8 @@
 """What the three multimodal LMs share: image keys and values read from the LM's own KV cache.
 
-One forward pass per image, on the prompt `header + prefix + image` of the model's own chat template
-(SPEC 3.2): under causal attention nothing after the image changes its KV, so the sequence stops
+One forward pass per image, on the model's own chat-template prompt for one image, `prefix` where
+the image part begins, tokenized as the processor's own chat-template path does (imagekv.models.prompts,
+SPEC 3.2): under causal attention nothing after the image changes its KV, so the sequence stops
 there; likewise the forward itself stops once the deepest layer read has written its cache. The
 cache holds, per LM layer, keys after RoPE and values of shape
 [batch, kv_heads, seq, head_dim]; at the image positions that the adapter puts on a raster grid, the
@@ -23,10 +24,10 @@ from imagekv.grid import TokenGrid
 from imagekv.models.anyres import AnyresGeometry
 from imagekv.models.base import Backbone, BackboneOutput
 from imagekv.models.partial_forward import forward_until
+from imagekv.models.prompts import image_prompt, processor_inputs, text_ids, text_prompt
 from imagekv.models.tiny import build_tiny
 
 KEY_MODES = ("post_rope", "pre_rope")  # as the cache holds them (default), or k_proj's output
-_SENTINEL = "\x00imagekv-content\x00"
 
 
 class VlmBackbone(Backbone):
@@ -45,7 +46,7 @@ class VlmBackbone(Backbone):
         self.decoder_layers = model.get_decoder().layers
         self.num_layers = len(self.decoder_layers)
         self.image_token_id = processor.image_token_id
-        self.header, self.image_markup = chat_template_parts(processor)
+        image_prompt(processor)  # a template that cannot hold an image fails here, naming the processor
 
     @classmethod
     def from_config(cls, cfg: dict, *, device: str, dtype: torch.dtype, dataset=None) -> "VlmBackbone":
@@ -61,20 +62,22 @@ class VlmBackbone(Backbone):
         return cls(model.to(device=device, dtype=dtype), processor, cfg)
 
     def prompt_text(self, prefix: str = "") -> str:
-        """The exact text the processor receives for one image (the image markup expands to its tokens)."""
-        return self.header + prefix + self.image_markup
+        """The exact text the processor receives for one image (its placeholder expands to its tokens;
+        the tokenizer may add its BOS token before it)."""
+        return image_prompt(self.processor, prefix)
 
     def model_inputs(self, image: Image.Image, prefix: str = "") -> dict:
         """The processor's tensors for one image after `prefix`, on the model's device."""
-        inputs = self.processor(
-            text=self.prompt_text(prefix), images=[self.prepare_image(image)], return_tensors="pt",
-            add_special_tokens=False,  # the template text already holds every special token
-        )
+        inputs = processor_inputs(self.processor, self.prompt_text(prefix), [self.prepare_image(image)])
         return {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
 
     def prepare_image(self, image: Image.Image) -> Image.Image:
         """The image as handed to the processor; Qwen2.5-VL's fixed-resolution option resizes here."""
         return image
+
+    def question_images(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """The prepared images of one multi-image question (BLINK), as handed to the processor."""
+        return list(images)
 
     @abstractmethod
     def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
@@ -156,13 +159,13 @@ class VlmBackbone(Backbone):
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], prefix: str = "", layers: Sequence[int] | None = None) -> torch.Tensor:
-        """Value of each text's last token per layer, the text alone in a user turn after `prefix`."""
+        """Value of each text's last token per layer, `prefix + text` alone in the template's user turn."""
         layers = tuple(range(self.num_layers)) if layers is None else tuple(layers)
         rows = []
         for text in texts:
-            ids = self.processor.tokenizer(self.header + prefix + text, add_special_tokens=False, return_tensors="pt")
-            cache = self._fill_cache({"input_ids": ids["input_ids"].to(self.model.device)}, max(layers))
-            last = torch.tensor([ids["input_ids"].shape[1] - 1])
+            ids = text_ids(self.processor, text_prompt(self.processor, prefix + text))
+            cache = self._fill_cache({"input_ids": ids.to(self.model.device)}, max(layers))
+            last = torch.tensor([ids.shape[1] - 1])
             rows.append(heads_per_token([cache.layers[layer].values[0] for layer in layers], last)[:, 0])
         return torch.stack(rows).cpu()
 
@@ -173,22 +176,6 @@ def heads_per_token(cache_entries: Sequence[torch.Tensor], positions: torch.Tens
     index = positions.to(cache_entries[0].device)
     selected = torch.stack([entry[:, index] for entry in cache_entries])  # [layers, kv_heads, tokens, head_dim]
     return selected.permute(0, 2, 1, 3).reshape(len(cache_entries), len(positions), -1)
-
-
-def chat_template_parts(processor: ProcessorMixin) -> tuple[str, str]:
-    """(header, image markup) of the processor's own chat template: the text before the content of
-    a first user turn, and what an image part renders as."""
-
-    def render(part: dict) -> str:
-        messages = [{"role": "user", "content": [part]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
-
-    with_sentinel = render({"type": "text", "text": _SENTINEL})
-    header, tail = with_sentinel.split(_SENTINEL)
-    with_image = render({"type": "image"})
-    if not (with_image.startswith(header) and with_image.endswith(tail)):
-        raise ValueError(f"{type(processor).__name__}: the chat template renders an image turn unlike a text turn")
-    return header, with_image[len(header) : len(with_image) - len(tail)]
 
 
 class AnyresBackbone(VlmBackbone):
