@@ -164,7 +164,7 @@ def members_by_archive(source: DatasetSource, twin: Path) -> dict[str, dict[str,
 
 
 def loaded(name: str, root: Path) -> tuple[list[str], bytes]:
-    dataset = load_dataset(name, root, SMOKE[name])
+    dataset = load_dataset(name, root, {**SMOKE[name], "derived_dir": str(root.with_name(f"{root.name}-derived"))})
     return [ref.image_id for ref in dataset.images()], pickle.dumps(list(dataset.samples()))
 
 

@@ -64,6 +64,17 @@ def dataset_spec(config: dict, dataset: str) -> dict:
     return {"dataset": dataset, "source": section.pop("source"), "cfg": section, "seed": config["seed"]}
 
 
+def derived_path(config: dict, dataset: str) -> str:
+    """Where loaders write what they derive from a dataset (BLINK's extracted images): under the
+    run's results, never into the dataset folder."""
+    return f"results/{config['run']}/datasets/{dataset}"
+
+
+def loader_cfg(config: dict, dataset: str) -> dict:
+    """What `load_dataset` receives: the dataset's settings plus its `derived_dir`."""
+    return dataset_spec(config, dataset)["cfg"] | {"derived_dir": derived_path(config, dataset)}
+
+
 def download_spec(config: dict, dataset: str) -> dict:
     """What `python -m imagekv download` needs: the dataset and the files only the user can supply."""
     return {"dataset": dataset, "user_files": config["datasets"][dataset].get("user_files", {})}
@@ -77,7 +88,7 @@ def extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> d
         "model_cfg": entry.cfg,
         "dataset": dataset,
         "dataset_root": dataset_root(config, dataset),
-        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "dataset_cfg": loader_cfg(config, dataset),
         "prefix_name": prefix,
         "prefix": config["prefixes"][prefix],
         "store": list(MLM_REPRESENTATIONS if entry.kind == "mlm" else ("values",)),
@@ -99,7 +110,7 @@ def probe_spec(config: dict, backbone: str, dataset: str, prefix: str, represent
         "task": task,
         "dataset": dataset,
         "dataset_root": dataset_root(config, dataset),
-        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "dataset_cfg": loader_cfg(config, dataset),
         "prefix": prefix,
         "params": {k: v for k, v in config["probes"][task].items() if k != "dataset"},
         "device": config["device"],
@@ -152,7 +163,7 @@ def qualitative_spec(config: dict) -> dict | None:
         tasks[task] = {
             "dataset": dataset,
             "dataset_root": dataset_root(config, dataset),
-            "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+            "dataset_cfg": loader_cfg(config, dataset),
             "params": {k: v for k, v in config["probes"][task].items() if k != "dataset"},
             "stores": {model: stores[model], f"{model} projection": stores[model], "siglip": stores["siglip"]},
         }
@@ -237,7 +248,7 @@ def blink_spec(config: dict, model: str) -> dict:
         "model_cfg": config["models"][model],
         "dataset": dataset,
         "dataset_root": dataset_root(config, dataset),
-        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "dataset_cfg": loader_cfg(config, dataset),
         "device": config["device"],
         "dtype": config["dtype"],
         "params": {k: v for k, v in section.items() if k not in ("dataset", "bootstrap_resamples", "bootstrap_seed")},
@@ -263,7 +274,7 @@ def not_surfaced_spec(config: dict) -> dict:
         "run": run,
         "dataset": dataset,
         "dataset_root": dataset_root(config, dataset),
-        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "dataset_cfg": loader_cfg(config, dataset),
         "condition": BASELINE_CONDITION,
         "models": {
             model: {

@@ -7,7 +7,6 @@ are exact. Everything is a pure function of its arguments and the numpy Generato
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,12 +123,6 @@ def save_png(path: Path, array: np.ndarray, palette: list[int] | None = None) ->
         image = Image.frombytes("P", (array.shape[1], array.shape[0]), np.ascontiguousarray(array, np.uint8).tobytes())
         image.putpalette(palette)
     image.save(path, format="PNG")
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def voc_palette() -> list[int]:

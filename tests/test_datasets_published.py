@@ -1,0 +1,143 @@
+"""RefCOCO, SPair-71k, DAVIS and BLINK as their publishers ship them: the twins in the published
+layouts and encodings, read by the loaders through the published root, and every malformed
+annotation refused by `load_dataset` with a message naming the file and the item.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from imagekv.datasets import load_dataset
+from imagekv.datasets.files import DatasetFileError
+from imagekv.datasets.synthetic import synthesize
+from imagekv.interventions.multiple_choice import DEFAULT_ANSWER_INSTRUCTION, question_text
+
+from smoke_config import SMOKE_DATASETS as SMOKE
+
+NAMES = ("refcoco", "spair", "davis", "blink")
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """name -> the twin's root, written once for the module (tests change copies only)."""
+    base = tmp_path_factory.mktemp("published")
+    for name in NAMES:
+        synthesize(name, base / name, SMOKE[name], seed=11)
+    return {name: base / name for name in NAMES}
+
+
+def copy_of(twins, tmp_path: Path, name: str) -> Path:
+    shutil.copytree(twins[name], tmp_path / name)
+    return tmp_path / name
+
+
+def load(name: str, root: Path, **changes):
+    cfg = {**SMOKE[name], "derived_dir": str(root.with_name(f"{root.name}-derived")), **changes}
+    dataset = load_dataset(name, root, cfg)
+    return dataset, list(dataset.samples()), dataset.images()
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def refused(match: str):
+    return pytest.raises(DatasetFileError, match=match)
+
+
+def escaped(path: Path) -> str:
+    return str(path).replace("(", r"\(").replace(")", r"\)")
+
+
+# --- BLINK --------------------------------------------------------------------------------------
+
+
+def rewrite_parquet(path: Path, change) -> None:
+    """Apply `change(rows)` to a parquet file, keeping its schema and metadata."""
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    change(rows)
+    pq.write_table(table.from_pylist(rows, schema=table.schema), path)
+
+
+def blink_file(root: Path, subtask: str) -> Path:
+    return root / subtask / "val-00000-of-00001.parquet"
+
+
+def test_blink_twin_has_the_hub_schema(twins):
+    path = blink_file(twins["blink"], "Art_Style")
+    schema = pq.read_schema(path)
+    assert schema.names == [
+        "idx", "question", "sub_task", "image_1", "image_2", "image_3", "image_4",
+        "choices", "answer", "prompt", "explanation",
+    ]
+    assert json.loads(schema.metadata[b"huggingface"])["info"]["features"]["image_1"] == {"_type": "Image"}
+    row = pq.read_table(path).to_pylist()[0]
+    assert row["image_1"]["bytes"][:3] == b"\xff\xd8\xff" and row["image_1"]["path"].endswith(".jpg")
+    assert row["prompt"].endswith(f"(A) {row['choices'][0]}\n(B) {row['choices'][1]}")
+
+
+def test_blink_images_go_to_the_run_and_the_dataset_folder_is_untouched(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "blink")
+    before = file_bytes(root)
+    dataset, samples, refs = load("blink", root)
+    derived = tmp_path / "blink-derived"
+    assert refs and all(ref.path.is_relative_to(derived) for ref in refs)
+    assert file_bytes(root) == before
+    # The instruction is added once to the published prompt.
+    assert all(question_text(item).count(DEFAULT_ANSWER_INSTRUCTION) == 1 for item in samples)
+
+
+def test_blink_rerun_clears_a_crashed_staging_folder(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "blink")
+    _, _, refs = load("blink", root)
+    folder = refs[0].path.parent
+    shutil.rmtree(folder)
+    staging = folder.with_name(f"{folder.name}.partial")
+    staging.mkdir()
+    (staging / "half-written.jpg").write_bytes(b"\xff\xd8")
+    _, _, again = load("blink", root)
+    assert [r.image_id for r in again] == [r.image_id for r in refs]
+    assert not staging.exists() and not (folder / "half-written.jpg").exists()
+
+
+def test_blink_idx_that_would_escape_the_folder_is_refused(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "blink")
+    path = blink_file(root, "Counting")
+
+    def escape(rows):
+        rows[0]["idx"] = "../../../../../x"
+
+    rewrite_parquet(path, escape)
+    with refused(rf"{path}: item idx '../../../../../x' is not a plain name"):
+        load("blink", root)
+    assert not list(tmp_path.rglob("x_image_1*")), "nothing is written anywhere"
+
+
+def test_blink_answer_beyond_the_choices_is_refused(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "blink")
+    path = blink_file(root, "Art_Style")  # two choices per item
+
+    def answer_d(rows):
+        rows[1]["answer"] = "(D)"
+
+    rewrite_parquet(path, answer_d)
+    with refused(rf"{path}: item 'val_Art_Style_2': answer '\(D\)' names no option; the item has 2 choices"):
+        load("blink", root)
+
+
+def test_blink_missing_subtask_is_an_error_when_subtasks_are_discovered(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "blink")
+    with refused(f"missing BLINK file: {root}/Forensic_Detection/val-\\*.parquet"):
+        load("blink", root, subtasks=None)  # the paper config: all 14 published subtasks
+    blink_file(root, "Counting").unlink()
+    with refused(f"missing BLINK file: {root}/Counting/val-\\*.parquet"):
+        load("blink", root)
