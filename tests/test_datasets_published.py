@@ -141,3 +141,83 @@ def test_blink_missing_subtask_is_an_error_when_subtasks_are_discovered(twins, t
     blink_file(root, "Counting").unlink()
     with refused(f"missing BLINK file: {root}/Counting/val-\\*.parquet"):
         load("blink", root)
+
+
+# --- RefCOCO ------------------------------------------------------------------------------------
+
+
+def test_refcoco_twin_is_the_refer_layout(twins):
+    root = twins["refcoco"]
+    assert sorted(p.name for p in (root / "refcoco").iterdir()) == ["instances.json", "refs(unc).p"]
+    assert list((root / "images" / "mscoco" / "images" / "train2014").glob("COCO_train2014_*.jpg"))
+    instances = json.loads((root / "refcoco" / "instances.json").read_text())
+    assert all(isinstance(a["segmentation"], list) and a["segmentation"] for a in instances["annotations"])
+    refs = pickle.loads((root / "refcoco" / "refs(unc).p").read_bytes())
+    assert set(refs[0]) == {"ref_id", "ann_id", "image_id", "split", "sentences", "category_id", "file_name", "sent_ids"}
+    assert set(refs[0]["sentences"][0]) == {"tokens", "raw", "sent_id", "sent"}
+    _, samples, refs_loaded = load("refcoco", root)
+    assert samples and all(r.path.is_relative_to(root / "images" / "mscoco" / "images" / "train2014") for r in refs_loaded)
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def edit_refs(path: Path, change) -> None:
+    refs = pickle.loads(path.read_bytes())
+    change(refs)
+    path.write_bytes(pickle.dumps(refs, protocol=2))
+
+
+def used_ref(root: Path) -> dict:
+    """The ref of the first sentence the smoke config uses."""
+    dataset = load("refcoco", root)[0]
+    return dataset.sentences[0][0]
+
+
+def test_refcoco_image_size_differing_from_its_jpeg_is_refused(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "refcoco")
+    image_id = used_ref(root)["image_id"]
+
+    def taller(data):
+        next(i for i in data["images"] if i["id"] == image_id)["height"] += 7
+
+    edit_json(root / "refcoco" / "instances.json", taller)
+    with refused(rf"{root}/refcoco/instances.json: image {image_id} has height, width .* but .*COCO_train2014_"):
+        load("refcoco", root)
+
+
+def test_refcoco_category_out_of_range_is_refused(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "refcoco")
+    ref_id = used_ref(root)["ref_id"]
+
+    def category_999(refs):
+        next(r for r in refs if r["ref_id"] == ref_id)["category_id"] = 999
+
+    edit_refs(root / "refcoco" / "refs(unc).p", category_999)
+    with refused(escaped(f"{root}/refcoco/refs(unc).p: ref {ref_id} has category_id 999") + ".*instances.json"):
+        load("refcoco", root)
+    shutil.rmtree(root)
+    root = copy_of(twins, tmp_path, "refcoco")
+    ann_id = used_ref(root)["ann_id"]
+
+    def annotation_999(data):
+        next(a for a in data["annotations"] if a["id"] == ann_id)["category_id"] = 999
+
+    edit_json(root / "refcoco" / "instances.json", annotation_999)
+    with refused(rf"{root}/refcoco/instances.json: annotation {ann_id} has category_id 999"):
+        load("refcoco", root)
+
+
+def test_refcoco_unknown_ann_id_blames_the_refs_pickle(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "refcoco")
+    ref_id = used_ref(root)["ref_id"]
+
+    def unknown_ann(refs):
+        next(r for r in refs if r["ref_id"] == ref_id)["ann_id"] = 424242
+
+    edit_refs(root / "refcoco" / "refs(unc).p", unknown_ann)
+    with refused(escaped(f"{root}/refcoco/refs(unc).p: ref {ref_id} names ann_id 424242, which {root}/refcoco/instances.json")):
+        load("refcoco", root)
