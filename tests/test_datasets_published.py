@@ -221,3 +221,56 @@ def test_refcoco_unknown_ann_id_blames_the_refs_pickle(twins, tmp_path):
     edit_refs(root / "refcoco" / "refs(unc).p", unknown_ann)
     with refused(escaped(f"{root}/refcoco/refs(unc).p: ref {ref_id} names ann_id 424242, which {root}/refcoco/instances.json")):
         load("refcoco", root)
+
+
+# --- SPair-71k ----------------------------------------------------------------------------------
+
+
+def first_pair_file(root: Path) -> Path:
+    dataset = load("spair", root)[0]
+    return root / "PairAnnotation" / "test" / f"{dataset.pair_names[0]}.json"
+
+
+def test_spair_twin_has_the_published_keys_and_types(twins):
+    root = twins["spair"]
+    pair = json.loads(first_pair_file(root).read_text())
+    assert set(pair) == {
+        "pair_id", "filename", "src_imname", "trg_imname", "src_imsize", "trg_imsize", "src_bndbox", "trg_bndbox",
+        "category", "src_pose", "trg_pose", "src_kps", "trg_kps", "kps_ids", "mirror", "viewpoint_variation",
+        "scale_variation", "truncation", "occlusion",
+    }
+    assert all(isinstance(k, str) for k in pair["kps_ids"]) and isinstance(pair["pair_id"], int)
+    assert all(isinstance(c, int) for point in pair["src_kps"] + pair["trg_kps"] for c in point)
+    width, height, depth = pair["src_imsize"]
+    category, stem = pair["category"], Path(pair["src_imname"]).stem
+    assert Image.open(root / "JPEGImages" / category / pair["src_imname"]).size == (width, height) and depth == 3
+    image = json.loads((root / "ImageAnnotation" / category / f"{stem}.json").read_text())
+    assert {"filename", "src_database", "image_width", "image_height", "pose", "bndbox", "kps", "azimuth_id"} <= set(image)
+    assert Image.open(root / "Segmentation" / category / f"{stem}.png").mode == "P"
+    assert (root / "Layout" / "small" / "test.txt").exists() and (root / "Layout" / "large" / "trn.txt").exists()
+
+
+def test_spair_keypoint_outside_the_image_is_refused(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "spair")
+    path = first_pair_file(root)
+
+    def outside(data):
+        data["trg_kps"][0] = [data["trg_imsize"][0] + 40, 3]
+
+    edit_json(path, outside)
+    with refused(rf"{path}: keypoint {json.loads(path.read_text())['kps_ids'][0]} of .* lies outside the"):
+        load("spair", root)
+
+
+def test_spair_unknown_category_names_the_pair_json(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "spair")
+    path = first_pair_file(root)
+    edit_json(path, lambda data: data.update(category="unicorn"))
+    with refused(rf"{path}: category 'unicorn' is not one of"):
+        load("spair", root)
+
+
+def test_spair_configured_category_without_pairs_is_refused(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "spair")
+    with refused(rf"{root}/Layout/large/test.txt lists no pairs of the categories \['unicorn'\]"):
+        load("spair", root, categories=["circle", "unicorn"])
