@@ -274,3 +274,30 @@ def test_spair_configured_category_without_pairs_is_refused(twins, tmp_path):
     root = copy_of(twins, tmp_path, "spair")
     with refused(rf"{root}/Layout/large/test.txt lists no pairs of the categories \['unicorn'\]"):
         load("spair", root, categories=["circle", "unicorn"])
+
+
+# --- DAVIS --------------------------------------------------------------------------------------
+
+
+def test_davis_annotation_size_differing_from_its_frame_is_refused(twins, tmp_path):
+    root = copy_of(twins, tmp_path, "davis")
+    path = root / "Annotations" / "480p" / "clip-01" / "00001.png"
+    with Image.open(path) as image:
+        cropped = image.crop((0, 0, image.width - 5, image.height))
+    cropped.save(path)
+    with refused(rf"{path} is \d+x\d+, but its frame .*clip-01/00001.jpg is"):
+        load("davis", root)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_twin_is_read_through_its_published_root_and_left_unchanged(twins, tmp_path, name):
+    """A copy placed anywhere loads as the twin does and keeps every byte (nothing written into it)."""
+    root = copy_of(twins, tmp_path, name)
+    before = file_bytes(root)
+    dataset, samples, refs = load(name, root)
+    assert samples and refs and all(ref.path.is_file() for ref in refs)
+    for ref in refs[:3]:
+        dataset.oracle_truth(ref.image_id)
+    assert file_bytes(root) == before
+    twin_samples = load(name, twins[name])[1]
+    assert pickle.dumps(samples) == pickle.dumps(twin_samples)
