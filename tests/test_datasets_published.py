@@ -153,10 +153,13 @@ def test_refcoco_twin_is_the_refer_layout(twins):
     instances = json.loads((root / "refcoco" / "instances.json").read_text())
     assert all(isinstance(a["segmentation"], list) and a["segmentation"] for a in instances["annotations"])
     refs = pickle.loads((root / "refcoco" / "refs(unc).p").read_bytes())
-    assert set(refs[0]) == {"ref_id", "ann_id", "image_id", "split", "sentences", "category_id", "file_name", "sent_ids"}
+    assert set(refs[0]) == {
+        "ref_id", "ann_id", "image_id", "split", "sentences", "category_id", "file_name", "sent_ids"
+    }
     assert set(refs[0]["sentences"][0]) == {"tokens", "raw", "sent_id", "sent"}
     _, samples, refs_loaded = load("refcoco", root)
-    assert samples and all(r.path.is_relative_to(root / "images" / "mscoco" / "images" / "train2014") for r in refs_loaded)
+    images = root / "images" / "mscoco" / "images" / "train2014"
+    assert samples and all(r.path.is_relative_to(images) for r in refs_loaded)
 
 
 def edit_json(path: Path, change) -> None:
@@ -219,7 +222,8 @@ def test_refcoco_unknown_ann_id_blames_the_refs_pickle(twins, tmp_path):
         next(r for r in refs if r["ref_id"] == ref_id)["ann_id"] = 424242
 
     edit_refs(root / "refcoco" / "refs(unc).p", unknown_ann)
-    with refused(escaped(f"{root}/refcoco/refs(unc).p: ref {ref_id} names ann_id 424242, which {root}/refcoco/instances.json")):
+    folder = root / "refcoco"
+    with refused(escaped(f"{folder}/refs(unc).p: ref {ref_id} names ann_id 424242, which {folder}/instances.json")):
         load("refcoco", root)
 
 
@@ -245,7 +249,8 @@ def test_spair_twin_has_the_published_keys_and_types(twins):
     category, stem = pair["category"], Path(pair["src_imname"]).stem
     assert Image.open(root / "JPEGImages" / category / pair["src_imname"]).size == (width, height) and depth == 3
     image = json.loads((root / "ImageAnnotation" / category / f"{stem}.json").read_text())
-    assert {"filename", "src_database", "image_width", "image_height", "pose", "bndbox", "kps", "azimuth_id"} <= set(image)
+    expected = {"filename", "src_database", "image_width", "image_height", "pose", "bndbox", "kps", "azimuth_id"}
+    assert expected <= set(image)
     assert Image.open(root / "Segmentation" / category / f"{stem}.png").mode == "P"
     assert (root / "Layout" / "small" / "test.txt").exists() and (root / "Layout" / "large" / "trn.txt").exists()
 

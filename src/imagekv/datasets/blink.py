@@ -66,7 +66,9 @@ def answer_letter(row: dict, source: Path) -> str:
     """The answer's option letter, which must name one of the row's choices."""
     match = ANSWER.match(str(row["answer"]).strip())
     if not match:
-        raise DatasetFileError(f"{source}: item {row['idx']!r}: answer {row['answer']!r} is not an option letter like '(A)'")
+        raise DatasetFileError(
+            f"{source}: item {row['idx']!r}: answer {row['answer']!r} is not an option letter like '(A)'"
+        )
     letter = match.group(1)
     if ord(letter) - ord("A") >= len(row["choices"]):
         raise DatasetFileError(
@@ -205,7 +207,7 @@ class Blink:
                 for image_id in item.image_ids:
                     stem = image_id.replace("/", "_")
                     if stem not in by_stem:
-                        raise DatasetFileError(f"extracted image {stem} missing in {folder}; delete the folder to redo it")
+                        raise DatasetFileError(f"extracted image {stem} missing in {folder}; delete it to redo it")
                     paths[image_id] = by_stem[stem]
         return paths
 

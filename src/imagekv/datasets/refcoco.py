@@ -115,7 +115,9 @@ class RefCoco:
         for ref in (ref for image_id in self._image_ids for ref in self.refs_by_image[image_id]):
             where = f"{self.refs_file}: ref {ref['ref_id']}"
             if ref["ann_id"] not in image_of_annotation:
-                raise DatasetFileError(f"{where} names ann_id {ref['ann_id']}, which {self.instances_file} does not hold")
+                raise DatasetFileError(
+                    f"{where} names ann_id {ref['ann_id']}, which {self.instances_file} does not hold"
+                )
             if image_of_annotation[ref["ann_id"]] != ref["image_id"]:
                 raise DatasetFileError(
                     f"{where} names ann_id {ref['ann_id']} of image {ref['image_id']}, but in "

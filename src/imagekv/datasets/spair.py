@@ -118,7 +118,9 @@ class SPair:
         jpeg = self.root / "JPEGImages" / f"{image}.jpg"
         height, width = image_size(jpeg)
         if stated is not None and stated != (height, width):
-            raise DatasetFileError(f"{path}: states {image} is {stated} (height, width), but {jpeg} is {(height, width)}")
+            raise DatasetFileError(
+                f"{path}: states {image} is {stated} (height, width), but {jpeg} is {(height, width)}"
+            )
         for name, (x, y) in zip(names, points):
             if not (0 <= x <= width and 0 <= y <= height):
                 raise DatasetFileError(

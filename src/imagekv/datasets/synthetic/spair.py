@@ -86,7 +86,9 @@ def write_instance(root: Path, rng: np.random.Generator, cfg: dict, category_ind
     return Instance(name, points, box, size, mirrored, pose)
 
 
-def write_pair(root: Path, split: str, pair_id: int, pair_name: str, category: str, src: Instance, trg: Instance) -> KeypointPair:
+def write_pair(
+    root: Path, split: str, pair_id: int, pair_name: str, category: str, src: Instance, trg: Instance
+) -> KeypointPair:
     """The pair annotation over the keypoints visible in both images."""
     shared = sorted(src.points.keys() & trg.points.keys())
     flipped = int(src.mirrored != trg.mirrored)
@@ -144,6 +146,7 @@ def write(root: Path, cfg: dict, rng: np.random.Generator) -> SyntheticTruth:
         pairs += seeded_subset(category_pairs, cfg.get("pairs_per_category", 100), int(cfg.get("seed", 0)))
     for size in ("large", "small"):
         for name in SPLITS if split in SPLITS else (*SPLITS, split):
-            write_text(root / "Layout" / size / f"{name}.txt", "".join(f"{line}\n" for line in layout) if name == split else "")
+            listed = "".join(f"{line}\n" for line in layout) if name == split else ""
+            write_text(root / "Layout" / size / f"{name}.txt", listed)
     used = sorted({image for pair in pairs for image in (pair.source, pair.target)})
     return SyntheticTruth(samples=pairs, image_ids=used)
