@@ -306,3 +306,20 @@ def test_twin_is_read_through_its_published_root_and_left_unchanged(twins, tmp_p
     assert file_bytes(root) == before
     twin_samples = load(name, twins[name])[1]
     assert pickle.dumps(samples) == pickle.dumps(twin_samples)
+
+
+def test_refcoco_mask_size_differing_from_its_image_is_refused(twins, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    root = copy_of(twins, tmp_path, "refcoco")
+    ref = used_ref(root)
+
+    def wrong_size_rle(data):
+        image = next(i for i in data["images"] if i["id"] == ref["image_id"])
+        encoded = mask_utils.encode(np.asfortranarray(np.ones((image["height"] + 3, image["width"]), np.uint8)))
+        annotation = next(a for a in data["annotations"] if a["id"] == ref["ann_id"])
+        annotation["segmentation"] = {"size": encoded["size"], "counts": encoded["counts"].decode("ascii")}
+
+    edit_json(root / "refcoco" / "instances.json", wrong_size_rle)
+    with refused(rf"{root}/refcoco/instances.json: annotation {ref['ann_id']} is a \(\d+, \d+\) mask on image"):
+        load("refcoco", root)

@@ -10,7 +10,7 @@ is decoded too). A seeded fixed list of `num_expressions` sentences of `split`.
 
 Checked on first use, each error naming the file and the item: every ref's keys, ann_id (an
 annotation of the ref's image) and category_id (a category of instances.json); every annotation's
-category; every image's height and width in instances.json against its JPEG.
+category and mask size; every image's height and width in instances.json against its JPEG.
 """
 
 from __future__ import annotations
@@ -158,11 +158,17 @@ class RefCoco:
     def _mask(self, coco_id: int, annotation: dict) -> np.ndarray:
         image = self._coco[0][coco_id]
         try:
-            return coco_mask(annotation["segmentation"], image["height"], image["width"])
+            mask = coco_mask(annotation["segmentation"], image["height"], image["width"])
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise DatasetFileError(
                 f"{self.instances_file}: annotation {annotation['id']} has no readable segmentation: {error!r}"
             ) from error
+        if mask.shape != (image["height"], image["width"]):  # an RLE carries its own size
+            raise DatasetFileError(
+                f"{self.instances_file}: annotation {annotation['id']} is a {mask.shape} mask on image "
+                f"{coco_id} of height, width {(image['height'], image['width'])}"
+            )
+        return mask
 
     def images(self) -> list[ImageRef]:
         refs = [ImageRef(self._image_id(i), self._image_path(self._coco[0][i])) for i in self._image_ids]
