@@ -102,22 +102,22 @@ class SPair:
                 (source, pair.source_points, data["src_imsize"]),
                 (target, pair.target_points, data["trg_imsize"]),
             ):
-                self._check_points(path, image, points, pair.keypoint_names, stated=(int(size[1]), int(size[0])))
+                self._check_points(path, image, points, list(pair.keypoint_names), (int(size[1]), int(size[0])))
+        except DatasetFileError:
+            raise
         except (KeyError, TypeError, ValueError, IndexError) as error:
-            if isinstance(error, DatasetFileError):
-                raise
             raise DatasetFileError(f"{path} is not a SPair pair annotation: {error!r}") from error
         if not len(pair.source_points) == len(pair.target_points) == len(pair.keypoint_names):
             raise DatasetFileError(f"{path}: src_kps, trg_kps and kps_ids differ in length")
         return pair
 
     def _check_points(
-        self, path: Path, image: str, points: np.ndarray, names, stated: tuple[int, int] | None = None
-    ) -> None:
-        """The JSON's stated (height, width) must be the JPEG's, and every keypoint inside it."""
+        self, path: Path, image: str, points: np.ndarray, names: list[str], stated: tuple[int, int]
+    ) -> tuple[int, int]:
+        """The image's (height, width), which must be what JSON `path` states, with every keypoint inside."""
         jpeg = self.root / "JPEGImages" / f"{image}.jpg"
         height, width = image_size(jpeg)
-        if stated is not None and stated != (height, width):
+        if stated != (height, width):
             raise DatasetFileError(
                 f"{path}: states {image} is {stated} (height, width), but {jpeg} is {(height, width)}"
             )
@@ -126,6 +126,7 @@ class SPair:
                 raise DatasetFileError(
                     f"{path}: keypoint {name} of {image} at ({x:g}, {y:g}) lies outside the {width}x{height} image"
                 )
+        return height, width
 
     def images(self) -> list[ImageRef]:
         ids = sorted({image for pair in self._pairs for image in (pair.source, pair.target)})
@@ -152,9 +153,9 @@ class SPair:
             raise DatasetFileError(
                 f"{path} has keypoint ids beyond keypoints_per_category={self.keypoints_per_category}"
             )
-        self._check_points(path, image_id, np.array(list(points.values())).reshape(-1, 2), list(points), stated)
+        names = [str(k) for k in points]
+        size = self._check_points(path, image_id, np.array(list(points.values())).reshape(-1, 2), names, stated)
         first_id = 1 + self.categories.index(category) * self.keypoints_per_category
-        size = image_size(self.root / "JPEGImages" / f"{image_id}.jpg")
         return OracleTruth(
             labels=keypoint_regions(size, points, box, first_id),
             num_ids=1 + len(self.categories) * self.keypoints_per_category,
