@@ -25,12 +25,12 @@ from imagekv.datasets.schema import BlinkItem
 from imagekv.datasets.synthetic import SyntheticTruth
 from imagekv.datasets.synthetic.draw import (
     COLOURS,
+    JPEG_QUALITY,
     SHAPES,
     TEXTURES,
     Style,
     backdrop,
     class_style,
-    JPEG_QUALITY,
     paint,
     random_placement,
     random_size,
@@ -150,8 +150,7 @@ def write(root: Path, cfg: dict, rng: np.random.Generator) -> SyntheticTruth:
                 "explanation": "",
             }
             image_ids = tuple(f"{idx}/image_{k + 1}" for k in range(len(images)))
-            for k in range(1, 5):
-                row[f"image_{k}"] = None
+            row |= {f"image_{k}": None for k in range(1, 5)}
             for k, (image_id, pixels) in enumerate(zip(image_ids, images), start=1):
                 data, pixels_by_id[image_id] = jpeg(pixels)
                 row[f"image_{k}"] = {"bytes": data, "path": f"{idx}_{k}.jpg"}
