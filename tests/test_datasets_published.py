@@ -6,8 +6,11 @@ annotation refused by `load_dataset` with a message naming the file and the item
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from imagekv import plan
 from imagekv.datasets import load_dataset
 from imagekv.datasets.files import DatasetFileError
 from imagekv.datasets.synthetic import synthesize
 from imagekv.interventions.multiple_choice import DEFAULT_ANSWER_INSTRUCTION, question_text
 
+from smoke_config import SMOKE_CONFIG
 from smoke_config import SMOKE_DATASETS as SMOKE
 
 NAMES = ("refcoco", "spair", "davis", "blink")
@@ -119,7 +124,23 @@ def test_blink_idx_that_would_escape_the_folder_is_refused(twins, tmp_path):
     rewrite_parquet(path, escape)
     with refused(rf"{path}: item idx '../../../../../x' is not a plain name"):
         load("blink", root)
-    assert not list(tmp_path.rglob("x_image_1*")), "nothing is written anywhere"
+    assert not list(tmp_path.parent.rglob("x_image_1*")), "nothing is written anywhere, five levels up included"
+
+
+def test_extraction_command_refuses_the_escaping_idx_and_writes_nothing(twins, tmp_path):
+    """Issue 16's case through `python -m imagekv extract`, the command the workflow runs."""
+    root = copy_of(twins, tmp_path, "blink")
+    path = blink_file(root, "Counting")
+    rewrite_parquet(path, lambda rows: rows[0].update(idx="../../../../../x"))
+    spec = plan.extraction_spec(SMOKE_CONFIG, "oracle", "blink", "none")
+    spec |= {"dataset_root": str(root), "dataset_cfg": {**spec["dataset_cfg"], "derived_dir": str(tmp_path / "run")}}
+    result = subprocess.run(
+        [sys.executable, "-m", "imagekv", "extract", "--spec", json.dumps(spec), "--output", str(tmp_path / "store")],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode != 0
+    assert f"{path}: item idx '../../../../../x' is not a plain name" in result.stderr
+    assert not (tmp_path / "store").exists() and not list(tmp_path.parent.rglob("x_image_1*"))
 
 
 def test_blink_answer_beyond_the_choices_is_refused(twins, tmp_path):
