@@ -16,6 +16,7 @@ from PIL import Image
 
 from imagekv.datasets import DATASET_NAMES, TASK_OF_DATASET, load_dataset
 from imagekv.datasets.files import DatasetFileError
+from imagekv.datasets.pascal5i import VOC_CLASSES, fold_entries
 from imagekv.datasets.synthetic import synthesize, write_synthetic
 
 from smoke_config import SMOKE_DATASETS as SMOKE
@@ -96,25 +97,18 @@ def test_spair_oracle_regions_match_across_a_pair(written):
         assert not target[outside].any()
 
 
-def test_pascal_episodes_are_fixed_on_disk_and_hold_their_class(written):
+def test_pascal_episodes_come_from_the_hsnet_lists_and_nothing_is_written(written):
     root, truth = written["pascal5i"]
-    episode_files = sorted((root / "episodes").glob("*.json"))
-    assert len(episode_files) == 2
+    before = file_bytes(root)
+    listed = {fold: set(fold_entries(fold)) for fold in (0, 1)}
     for episode in truth.samples:
         assert len(episode.support) == 2 and episode.query not in episode.support
+        class_index = VOC_CLASSES.index(episode.class_name)
+        assert {(name, class_index) for name in (episode.query, *episode.support)} <= listed[episode.fold]
         assert all((mask == 1).any() for mask in (episode.query_mask, *episode.support_masks))
-    before = [p.read_bytes() for p in episode_files]
-    list(load_dataset("pascal5i", root, loader_cfg("pascal5i", root)).samples())
-    assert [p.read_bytes() for p in episode_files] == before
-
-
-def test_pascal_builds_the_episode_file_when_missing(written, tmp_path):
-    root, truth = written["pascal5i"]
-    copy = tmp_path / "pascal5i"
-    shutil.copytree(root, copy)
-    shutil.rmtree(copy / "episodes")
-    rebuilt = list(load_dataset("pascal5i", copy, loader_cfg("pascal5i", copy)).samples())
-    assert_same(rebuilt, truth.samples)  # the generator drew its episodes with the same seeded rule
+    again = list(load_dataset("pascal5i", root, loader_cfg("pascal5i", root)).samples())
+    assert_same(again, truth.samples)  # the same seeded draw at every load
+    assert file_bytes(root) == before and not (root / "episodes").exists()
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:
@@ -144,17 +138,17 @@ def _copy(written, tmp_path, name) -> Path:
 
 
 BROKEN = {
-    "pascal5i": "SegmentationClassAug/2012_000000.png",
-    "msrc": "MSRC/circle/GroundTruth/1_1_s.png",
-    "imagenet_s": "validation-segmentation/n09000000/ILSVRC2012_val_00000001.png",
-    "davis": "Annotations/480p/clip-01/00001.png",
+    "pascal5i": lambda truth: f"SegmentationClass/{truth.samples[0].query}.png",
+    "msrc": lambda truth: "MSRC/airplane/GroundTruth/1_1_s.png",
+    "imagenet_s": lambda truth: f"validation-segmentation/{truth.image_ids[0]}.png",
+    "davis": lambda truth: "Annotations/480p/clip-01/00001.png",
 }
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_corrupt_mask_is_reported_with_its_file(written, tmp_path, name):
     copy = _copy(written, tmp_path, name)
-    broken = copy / BROKEN[name]
+    broken = copy / BROKEN[name](written[name][1])
     broken.write_bytes(broken.read_bytes()[:40])  # a truncated PNG
     with pytest.raises(DatasetFileError, match=str(broken).replace("\\", "\\\\")):
         list(load_dataset(name, copy, loader_cfg(name, copy)).samples())
@@ -163,8 +157,9 @@ def test_corrupt_mask_is_reported_with_its_file(written, tmp_path, name):
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_missing_mask_is_reported_with_its_file(written, tmp_path, name):
     copy = _copy(written, tmp_path, name)
-    (copy / BROKEN[name]).unlink()
-    with pytest.raises(DatasetFileError, match=f"missing dataset file: {copy / BROKEN[name]}"):
+    missing = copy / BROKEN[name](written[name][1])
+    missing.unlink()
+    with pytest.raises(DatasetFileError, match=f"missing dataset file: {missing}"):
         list(load_dataset(name, copy, loader_cfg(name, copy)).samples())
 
 
@@ -175,7 +170,7 @@ def test_missing_mask_is_reported_with_its_file(written, tmp_path, name):
         ("refcoco", "refcoco/refs(unc).p"),
         ("davis", "ImageSets/2017/val.txt"),
         ("spair", "Layout/large/test.txt"),
-        ("imagenet_s", "LOC_synset_mapping.txt"),
+        ("pascal5i", "ImageSets/Segmentation/val.txt"),
     ],
 )
 def test_missing_annotation_file_is_named(written, tmp_path, name, relative):

@@ -20,10 +20,7 @@ import threading
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from scipy.io import savemat
 
 from imagekv.datasets import load_dataset
 from imagekv.datasets.download import (
@@ -186,7 +183,7 @@ def assert_nothing_installed(target: Path) -> None:
 # --- The whole path: download -> verify -> unpack -> load ---------------------------------------
 
 
-@pytest.mark.parametrize("name", ["davis", "spair", "msrc", "refcoco", "coco_pool"])
+@pytest.mark.parametrize("name", ["pascal5i", "davis", "spair", "msrc", "refcoco", "coco_pool"])
 def test_served_twin_unpacks_into_what_the_loader_reads(tmp_path, server, retry, name):
     twin = tmp_path / "twin"
     write_synthetic(name, twin, SMOKE[name], seed=5)
@@ -203,27 +200,6 @@ def test_served_twin_unpacks_into_what_the_loader_reads(tmp_path, server, retry,
     assert not (tmp_path / "real" / ".downloads" / name).exists(), "downloads are dropped once installed"
 
 
-def test_pascal_masks_are_built_from_voc_pngs_and_sbd_mat_files(tmp_path, server, retry):
-    twin = tmp_path / "twin"
-    write_synthetic("pascal5i", twin, SMOKE["pascal5i"], seed=5)
-    voc, sbd = {}, {}
-    masks = sorted((twin / "SegmentationClassAug").glob("*.png"))
-    for index, path in enumerate(masks):  # alternate: VOC's own PNG, SBD's MATLAB file
-        if index % 2:
-            voc[f"VOCdevkit/VOC2012/SegmentationClass/{path.name}"] = path.read_bytes()
-        else:
-            buffer = io.BytesIO()
-            savemat(buffer, {"GTcls": {"Segmentation": np.array(Image.open(path))}})
-            sbd[f"benchmark_RELEASE/dataset/cls/{path.stem}.mat"] = buffer.getvalue()
-    for path in sorted(p for p in twin.rglob("*") if p.is_file() and p.parent.name != "SegmentationClassAug"):
-        voc[f"VOCdevkit/VOC2012/{path.relative_to(twin).as_posix()}"] = path.read_bytes()
-    assert sbd and len(masks) > 1, "both sources must be exercised"
-    server.files = {"VOCtrainval_11-May-2012.tar": make_tar(voc), "benchmark.tgz": make_tar(sbd, "w:gz")}
-    target = tmp_path / "real" / "pascal5i"
-    fetch("pascal5i", target, server, retry, unchecked("pascal5i"))
-    assert loaded("pascal5i", target) == loaded("pascal5i", twin)
-
-
 def test_imagenet_s_takes_the_licensed_images_from_a_user_file(tmp_path, server, retry):
     twin = tmp_path / "twin"
     write_synthetic("imagenet_s", twin, SMOKE["imagenet_s"], seed=5)
@@ -235,18 +211,10 @@ def test_imagenet_s_takes_the_licensed_images_from_a_user_file(tmp_path, server,
         f"ImageNetS50/{p.relative_to(twin).as_posix()}": p.read_bytes()
         for p in twin.glob("validation-segmentation/*/*")
     }
-    server.files = {
-        "ImageNetS50-a0fe9d82231f9bc4787ee76e304dfa51.zip": make_zip(segmentation),
-        "ImageNetS_categories_im50.txt": (twin / "ImageNetS_categories_im50.txt").read_bytes(),
-    }
-    user_files = {
-        "ILSVRC2012_img_val.tar": str(tmp_path / "user" / "val.tar"),
-        "LOC_synset_mapping.txt": str(twin / "LOC_synset_mapping.txt"),
-    }
+    server.files = {"ImageNetS50-a0fe9d82231f9bc4787ee76e304dfa51.zip": make_zip(segmentation)}
+    user_files = {"ILSVRC2012_img_val.tar": str(tmp_path / "user" / "val.tar")}
     target = tmp_path / "real" / "imagenet_s"
-    with pytest.raises(
-        DownloadError, match=r"user_files\): LOC_synset_mapping.txt .*; ILSVRC2012_img_val.tar \(ImageNet val needs"
-    ):
+    with pytest.raises(DownloadError, match=r"user_files\): ILSVRC2012_img_val.tar \(ImageNet val needs"):
         fetch("imagenet_s", target, server, retry, unchecked("imagenet_s"))
     assert_nothing_installed(target)
     assert server.requests == [], "the missing licensed file is reported before any download"

@@ -52,6 +52,14 @@ def download(args: argparse.Namespace) -> None:
     fetch_dataset(spec["dataset"], Path(args.output), user_files=spec["user_files"])
 
 
+def check_dataset(args: argparse.Namespace) -> None:
+    from imagekv.datasets import check_dataset as check
+    from imagekv.io import write_json
+
+    spec = json.loads(args.spec)
+    write_json(Path(args.output), check(spec["dataset"], Path(spec["root"]), spec["cfg"]))
+
+
 def extract(args: argparse.Namespace) -> None:
     from imagekv.extract import extract_store
 
@@ -164,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("synthesize", synthesize).add_argument("--output", required=True)
     command("download", download).add_argument("--output", required=True)
+    command("check-dataset", check_dataset).add_argument("--output", required=True, help="the check's record (JSON)")
     sub = command("extract", extract, threads=True)
     sub.add_argument("--output", required=True, help="the feature store's folder")
     sub = command("probe", probe, threads=True)

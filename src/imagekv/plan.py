@@ -7,6 +7,7 @@ is plain Python, tested like the rest, and the rule files stay declarative.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 # Representations an MLM's feature store holds; references and calibration backbones store only values.
 MLM_REPRESENTATIONS = ("values", "keys", "projection")
@@ -45,8 +46,25 @@ def tasks(config: dict) -> dict[str, dict]:
 
 
 def dataset_root(config: dict, dataset: str) -> str:
-    source = config["datasets"][dataset]["source"]
-    return f"data/{'synthetic' if source == 'synthetic' else 'real'}/{dataset}"
+    """The folder the dataset's loader reads, laid out as the publisher's archive unpacks: a copy the
+    user already has (`source: local` with its `root`), or the one the workflow writes."""
+    section = config["datasets"][dataset]
+    if section["source"] == "local":
+        return str(Path(section["root"]).expanduser())
+    return f"data/{'synthetic' if section['source'] == 'synthetic' else 'real'}/{dataset}"
+
+
+def local_check_path(dataset: str) -> str:
+    return f"data/local/{dataset}.json"
+
+
+def dataset_input(config: dict, dataset: str) -> str:
+    """What a rule reading the dataset waits for. A user's own copy is never a Snakemake input (it is
+    no rule's output, and the between-workflow cache cannot hash a folder): rules wait for the record
+    of its check instead, written outside it."""
+    if config["datasets"][dataset]["source"] == "local":
+        return local_check_path(dataset)
+    return dataset_root(config, dataset)
 
 
 def features_path(run: str, backbone: str, dataset: str, prefix: str) -> str:
@@ -58,10 +76,20 @@ def probe_path(run: str, backbone: str, dataset: str, prefix: str, representatio
     return f"results/{run}/{backbone}/{dataset}/probe/{prefix}/{representation}.csv"
 
 
+# Keys of a `datasets:` entry that say where the data comes from, not how the loader reads it.
+LOCATION_KEYS = ("source", "root", "user_files")
+
+
 def dataset_spec(config: dict, dataset: str) -> dict:
     """The dataset's loader settings (and, for synthetic data, the generator's)."""
-    section = {k: v for k, v in config["datasets"][dataset].items() if k != "user_files"}
-    return {"dataset": dataset, "source": section.pop("source"), "cfg": section, "seed": config["seed"]}
+    section = config["datasets"][dataset]
+    cfg = {k: v for k, v in section.items() if k not in LOCATION_KEYS}
+    return {"dataset": dataset, "source": section["source"], "cfg": cfg, "seed": config["seed"]}
+
+
+def check_spec(config: dict, dataset: str) -> dict:
+    """What `python -m imagekv check-dataset` needs: the dataset, its folder and loader settings."""
+    return {"dataset": dataset, "root": dataset_root(config, dataset), "cfg": loader_cfg(config, dataset)}
 
 
 def derived_path(config: dict, dataset: str) -> str:
@@ -70,9 +98,15 @@ def derived_path(config: dict, dataset: str) -> str:
     return f"results/{config['run']}/datasets/{dataset}"
 
 
+# Datasets whose loader writes files it derives (BLINK extracts the images of its parquet files).
+DERIVING_DATASETS = ("blink",)
+
+
 def loader_cfg(config: dict, dataset: str) -> dict:
-    """What `load_dataset` receives: the dataset's settings plus its `derived_dir`."""
-    return dataset_spec(config, dataset)["cfg"] | {"derived_dir": derived_path(config, dataset)}
+    """What `load_dataset` receives: the dataset's settings, plus `derived_dir` for a loader that
+    writes derived files."""
+    cfg = dataset_spec(config, dataset)["cfg"]
+    return cfg | {"derived_dir": derived_path(config, dataset)} if dataset in DERIVING_DATASETS else cfg
 
 
 def download_spec(config: dict, dataset: str) -> dict:
@@ -173,7 +207,7 @@ def qualitative_spec(config: dict) -> dict | None:
 def qualitative_inputs(config: dict) -> list[str]:
     spec = qualitative_spec(config)
     paths = {path for task in spec["tasks"].values() for path in task["stores"].values()}
-    paths |= {task["dataset_root"] for task in spec["tasks"].values()}
+    paths |= {dataset_input(config, task["dataset"]) for task in spec["tasks"].values()}
     return sorted(paths)
 
 
@@ -235,7 +269,7 @@ def masked_probes_spec(config: dict, model: str) -> dict:
 
 def masked_probes_inputs(config: dict, model: str) -> list[str]:
     tasks = masked_probes_spec(config, model)["tasks"].values()
-    return sorted({task["features"] for task in tasks} | {task["dataset_root"] for task in tasks})
+    return sorted({task["features"] for task in tasks} | {dataset_input(config, task["dataset"]) for task in tasks})
 
 
 def blink_spec(config: dict, model: str) -> dict:
@@ -289,7 +323,8 @@ def not_surfaced_spec(config: dict) -> dict:
 
 def not_surfaced_inputs(config: dict) -> list[str]:
     spec = not_surfaced_spec(config)
-    return sorted({path for paths in spec["models"].values() for path in paths.values()} | {spec["dataset_root"]})
+    inputs = {path for paths in spec["models"].values() for path in paths.values()}
+    return sorted(inputs | {dataset_input(config, spec["dataset"])})
 
 
 def prefix_probe_targets(config: dict) -> list[str]:

@@ -39,7 +39,7 @@ def as_json(spec):
 
 
 def dataset_input(wildcards):
-    return plan.dataset_root(config, wildcards.dataset)
+    return plan.dataset_input(config, wildcards.dataset)
 
 
 # Every figure and table file stem the run produces (tests compare this list with the outputs).

@@ -1,4 +1,5 @@
-# Datasets: synthesised in each real dataset's on-disk layout (smoke) or downloaded and verified (paper).
+# Datasets: synthesised in each real dataset's published layout (smoke), downloaded and verified into
+# that layout (paper), or a copy the user already has (`source: local`), checked before first use.
 
 
 rule synthesize_dataset:
@@ -26,3 +27,16 @@ rule download_dataset:
         spec=lambda wc: as_json(plan.download_spec(config, wc.dataset)),
     shell:
         "python -m imagekv download --spec {params.spec:q} --output {output:q} > {log:q} 2>&1"
+
+
+rule check_local_dataset:
+    output:
+        plan.local_check_path("{dataset}"),
+    log:
+        "logs/data/local/{dataset}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        spec=lambda wc: as_json(plan.check_spec(config, wc.dataset)),
+    shell:
+        "python -m imagekv check-dataset --spec {params.spec:q} --output {output:q} > {log:q} 2>&1"

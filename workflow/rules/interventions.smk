@@ -79,7 +79,7 @@ use rule collect_key_variance as collect_masked_probes with:
 rule blink_answers:
     input:
         flags=plan.intervention_path("{run}", "key_variance.json", "{backbone}"),
-        dataset=lambda wc: plan.blink_spec(config, wc.backbone)["dataset_root"],
+        dataset=lambda wc: plan.dataset_input(config, plan.blink_spec(config, wc.backbone)["dataset"]),
     output:
         plan.intervention_path("{run}", "blink_answers.csv", "{backbone}"),
     log:

@@ -96,9 +96,13 @@ def content_digest(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+PUBLISHED_ROOT = "a snapshot of the hub dataset BLINK-Benchmark/BLINK (<Subtask>/<split>-*.parquet)"
+
+
 class Blink:
     name = "blink"
     task = "blink"
+    PUBLISHED_ROOT = PUBLISHED_ROOT
 
     def __init__(self, root: Path, cfg: dict):
         self.root = Path(root)

@@ -20,9 +20,13 @@ from imagekv.datasets.files import DatasetFileError, image_size, read_index_png,
 from imagekv.datasets.schema import VOID, ImageRef, OracleTruth, VideoClip
 
 
+PUBLISHED_ROOT = "the DAVIS folder of DAVIS-2017-trainval-480p.zip (JPEGImages/, Annotations/, ImageSets/)"
+
+
 class Davis:
     name = "davis"
     task = "temporal_corr"
+    PUBLISHED_ROOT = PUBLISHED_ROOT
 
     def __init__(self, root: Path, cfg: dict):
         self.root = Path(root)

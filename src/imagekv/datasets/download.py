@@ -38,7 +38,7 @@ from imagekv.datasets.lockfile import (
     record_in_lock,
     verify_against_lock,
 )
-from imagekv.datasets.sources import FINISHERS, ROUTE_BUILDERS, Archive, DatasetSource, HubSnapshot, source_of
+from imagekv.datasets.sources import ROUTE_BUILDERS, Archive, DatasetSource, HubSnapshot, source_of
 
 COMPLETE_MARKER = ".complete"
 CHUNK_BYTES = 1 << 20
@@ -332,7 +332,7 @@ def fetch_dataset(
     retry: RetryPolicy = RetryPolicy(),
     keep_downloads: bool = False,
 ) -> None:
-    """Make `target` hold dataset `name` in its loader's layout, verified; a no-op when complete.
+    """Make `target` hold dataset `name` in its published layout, verified; a no-op when complete.
 
     `cache_dir` (default `<target parent>/.downloads`) keeps `<name>/<file>.partial` across failures;
     `user_files` maps an archive name to a local path or URL (licensed data such as ImageNet);
@@ -349,8 +349,6 @@ def fetch_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=target.parent))
     try:
         pinned = _install_all(source, staging, folder, lock_path, base_url_override, user_files or {}, retry)
-        if source.finish:
-            FINISHERS[source.finish](staging)
         record_in_lock(lock_path, pinned)
         marker = {"dataset": name, "files": {key: entry.as_json() for key, entry in sorted(pinned.items())}}
         (staging / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")

@@ -56,6 +56,15 @@ def read_index_png(path: Path) -> np.ndarray:
     return array.astype(np.uint8)
 
 
+def read_grey(path: Path) -> np.ndarray:
+    """Any image file (PNG, BMP, ...) as uint8 grey levels [H, W]; bilevel images become 0 / 255."""
+    try:
+        with Image.open(require(path)) as image:
+            return np.array(image.convert("L"))
+    except (OSError, SyntaxError) as error:
+        raise DatasetFileError(f"corrupt annotation image {path}: {error}") from error
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) read from the image header."""
     try:
@@ -64,6 +73,15 @@ def image_size(path: Path) -> tuple[int, int]:
     except OSError as error:
         raise DatasetFileError(f"unreadable image {path}: {error}") from error
     return height, width
+
+
+def check_same_size(annotation: Path, array: np.ndarray, image: Path) -> None:
+    """An annotation must cover its image pixel for pixel: a different size is an error naming both."""
+    height, width = image_size(image)
+    if array.shape[:2] != (height, width):
+        raise DatasetFileError(
+            f"{annotation} is {array.shape[1]}x{array.shape[0]} pixels but its image {image} is {width}x{height}"
+        )
 
 
 def seeded_subset(items: Sequence[T], count: int | None, seed: int) -> list[T]:

@@ -1,7 +1,18 @@
-"""MSRC co-segmentation sets (T2) in the object-discovery layout of Rubinstein et al. (2013).
+"""MSRC co-segmentation sets (T2), read from the `Data/` folder of Rubinstein et al.'s (2013)
+Object Discovery archive (ObjectDiscovery-data.zip, people.csail.mit.edu/mrub/ObjectDiscovery/).
 
-Layout under `root`: `<collection>/<class>/<name>.{jpg,bmp,png}` with the binary ground truth in
-`<collection>/<class>/GroundTruth/<name>.png` (foreground white). Each class folder is one set.
+Layout under the root, the archive's `Data/` folder:
+- `<collection>/<class>/` (collection `MSRC` by default), one folder per class, each one set. Read:
+  the release's evaluation code (`evaluateSegmentationMultiClass`) lists the class folders of
+  `Data/MSRC` and reads each class's masks from `<class>/GroundTruth/`.
+- `<class>/<name>.bmp`: the images, 24-bit BMP as MSRC ships them [I: MSRC's own format; the class
+  folders' file names are not documented]. Other image files in the folder are not read.
+- `<class>/GroundTruth/<name>.png` (else `.bmp`): the binary foreground mask. The release's
+  `readMask` looks for `.png`, `.jpg`, then `.bmp` and takes every non-zero pixel as foreground;
+  here a mask must be 0 (background) and 255 (foreground) once read as grey [I: binary masks stored
+  0/255], and any other level is an error naming the file, not silently background. Lossy `.jpg`
+  masks are not accepted.
+Class folder names and the masks' file format are inferred from that code, not read from the archive.
 """
 
 from __future__ import annotations
@@ -11,20 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from imagekv.datasets.files import DatasetFileError, read_index_png
+from imagekv.datasets.files import DatasetFileError, check_same_size, read_grey
 from imagekv.datasets.schema import CosegSet, ImageRef, OracleTruth
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".png")
-
-
-def foreground(grey: np.ndarray) -> np.ndarray:
-    """Binary mask from a 0/255 (or 0/1) ground-truth PNG."""
-    return (grey > (127 if grey.max() > 1 else 0)).astype(np.uint8)
+PUBLISHED_ROOT = "the Data/ folder of ObjectDiscovery-data.zip (holding MSRC/<class>/*.bmp and GroundTruth/)"
+IMAGE_SUFFIX = ".bmp"
+MASK_SUFFIXES = (".png", ".bmp")
+FOREGROUND = 255
 
 
 class Msrc:
     name = "msrc"
     task = "coseg"
+    PUBLISHED_ROOT = PUBLISHED_ROOT
 
     def __init__(self, root: Path, cfg: dict):
         self.folder = Path(root) / cfg.get("collection", "MSRC")
@@ -32,16 +42,28 @@ class Msrc:
             raise DatasetFileError(f"missing co-segmentation folder: {self.folder}")
         found = sorted(p.name for p in self.folder.iterdir() if p.is_dir())
         self.classes = list(cfg.get("classes") or found)
+        missing = [c for c in self.classes if c not in found]
+        if missing:
+            raise DatasetFileError(f"missing class folder(s) {missing} in {self.folder}")
         self._images = {c: self._class_images(c) for c in self.classes}
 
     def _class_images(self, class_name: str) -> list[Path]:
-        paths = sorted(p for p in (self.folder / class_name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(p for p in (self.folder / class_name).glob("*") if p.suffix.lower() == IMAGE_SUFFIX)
         if not paths:
-            raise DatasetFileError(f"no images in {self.folder / class_name}")
+            raise DatasetFileError(f"no {IMAGE_SUFFIX} images in {self.folder / class_name}")
         return paths
 
     def _mask(self, image: Path) -> np.ndarray:
-        return foreground(read_index_png(image.parent / "GroundTruth" / f"{image.stem}.png"))
+        candidates = [image.parent / "GroundTruth" / f"{image.stem}{suffix}" for suffix in MASK_SUFFIXES]
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None:
+            raise DatasetFileError(f"missing dataset file: {candidates[0]} (or .bmp), the mask of {image}")
+        grey = read_grey(path)
+        check_same_size(path, grey, image)
+        unexpected = np.setdiff1d(np.unique(grey), [0, FOREGROUND])
+        if unexpected.size:
+            raise DatasetFileError(f"{path} holds grey levels {unexpected.tolist()[:5]}, expected only 0 and 255")
+        return (grey == FOREGROUND).astype(np.uint8)
 
     @staticmethod
     def _image_id(image: Path) -> str:

@@ -27,6 +27,10 @@ from imagekv.datasets.safe_pickle import load_plain_pickle
 from imagekv.datasets.schema import ImageRef, OracleTruth, TextQuery
 
 IMAGE_FOLDER = Path("images/mscoco/images/train2014")
+PUBLISHED_ROOT = (
+    "refer's data folder: refcoco/refs(unc).p, refcoco/instances.json and the COCO train2014 images in "
+    "images/mscoco/images/train2014/"
+)
 REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "category_id", "sentences")
 SENTENCE_KEYS = ("sent_id", "sent")
 
@@ -60,6 +64,7 @@ def read_refs(path: Path) -> list[dict]:
 class RefCoco:
     name = "refcoco"
     task = "referring_seg"
+    PUBLISHED_ROOT = PUBLISHED_ROOT
 
     def __init__(self, root: Path, cfg: dict):
         self.root = Path(root)

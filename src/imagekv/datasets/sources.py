@@ -1,9 +1,10 @@
-"""Where each real dataset comes from, and how its archives map onto the loader's on-disk layout.
+"""Where each real dataset comes from, and how its archives map onto the published layout.
 
 Every `Archive` names its official URLs (mirrors after the first), a publisher checksum when one is
 published (else the committed lock file pins it at first download), and a route: the member prefix
 to strip, the stripped paths to keep, and the folder to place them in under the dataset root. The
-root is then exactly what `imagekv.datasets.load_dataset(name, root, cfg)` reads.
+root is then the folder as the publisher's archive unpacks (restricted to what the loader reads),
+the same a user's own copy provides, which `imagekv.datasets.load_dataset(name, root, cfg)` reads.
 
 Sizes are approximate (GB) and only size the disk; nothing checks them.
 """
@@ -11,13 +12,10 @@ Sizes are approximate (GB) and only size the disk; nothing checks them.
 from __future__ import annotations
 
 import fnmatch
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-from PIL import Image
 
 Route = Callable[[str], "str | None"]
 
@@ -62,7 +60,6 @@ class DatasetSource:
     name: str
     archives: tuple[Archive, ...] = ()
     hub: HubSnapshot | None = None
-    finish: str | None = None  # name in FINISHERS: a step run on the unpacked root before completion
     homepage: str = ""
     licence: str = ""
     download_gb: float = 0.0
@@ -71,26 +68,6 @@ class DatasetSource:
 
 
 # --- Dataset-specific steps -------------------------------------------------------------------
-
-SBD_CLASS_MASKS = "SBD/cls"
-
-
-def build_segmentation_class_aug(root: Path) -> None:
-    """Pascal-5i masks: `SegmentationClassAug/<id>.png`, VOC's own mask where VOC has one, else SBD's.
-
-    SBD ships MATLAB files (`GTcls.Segmentation`, class index per pixel); VOC's palette PNGs already
-    hold class indices with 255 = void, so they are copied unchanged.
-    """
-    from scipy.io import loadmat
-
-    out = root / "SegmentationClassAug"
-    out.mkdir(exist_ok=True)
-    for mat_file in sorted((root / SBD_CLASS_MASKS).glob("*.mat")):
-        labels = loadmat(mat_file, squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
-        Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="L").save(out / f"{mat_file.stem}.png")
-    for voc_mask in sorted((root / "SegmentationClass").glob("*.png")):
-        shutil.copyfile(voc_mask, out / voc_mask.name)
-
 
 def imagenet_s_validation_route(root: Path) -> Route:
     """Route ImageNet val images (flat `ILSVRC2012_val_*.JPEG`) to `validation/<wnid>/`, keeping only
@@ -108,7 +85,6 @@ def imagenet_s_validation_route(root: Path) -> Route:
 
 
 ROUTE_BUILDERS: dict[str, Callable[[Path], Route]] = {"imagenet_s_validation": imagenet_s_validation_route}
-FINISHERS: dict[str, Callable[[Path], None]] = {"segmentation_class_aug": build_segmentation_class_aug}
 
 # --- The catalogue ----------------------------------------------------------------------------
 
@@ -128,26 +104,15 @@ SOURCES: dict[str, DatasetSource] = {
                     strip="VOCdevkit/VOC2012/",
                     keep=("JPEGImages/*", "SegmentationClass/*", "ImageSets/Segmentation/*"),
                 ),
-                Archive(
-                    name="benchmark.tgz",
-                    urls=(
-                        "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
-                    ),
-                    kind="tgz",
-                    md5="82b4d87ceb2ed10f6038a1cba92111cb",
-                    strip="benchmark_RELEASE/dataset/",
-                    keep=("cls/*.mat",),
-                    into="SBD",
-                ),
             ),
-            finish="segmentation_class_aug",
-            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ ; SBD: http://home.bharathh.info/pubs/codes/SBD/",
-            licence="VOC: images under Flickr terms, research use (VOC2012 page); SBD: research use, no explicit licence",
-            download_gb=3.4,
-            unpacked_gb=2.1,
+            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+            licence="VOC: images under Flickr terms, research use (VOC2012 page)",
+            download_gb=1.9,
+            unpacked_gb=1.8,
             notes=(
-                "md5 sums as recorded by torchvision's VOCSegmentation and SBDataset for these exact files",
-                "SegmentationClassAug is built here from VOC SegmentationClass plus SBD cls/*.mat (VOC wins)",
+                "md5 as recorded by torchvision's VOCSegmentation for this exact file",
+                "the root is VOCdevkit/VOC2012; hsnet's val fold lists (imagekv/datasets/published/pascal5i) name "
+                "VOC2012 segmentation val images only, whose masks are in SegmentationClass",
             ),
         ),
         DatasetSource(
@@ -165,7 +130,10 @@ SOURCES: dict[str, DatasetSource] = {
             licence="research use (Rubinstein et al. 2013); MSRC images under Microsoft Research terms",
             download_gb=1.0,
             unpacked_gb=0.05,
-            notes=("layout Data/MSRC/<class>/ with GroundTruth/ assumed from the loader; confirm at first download",),
+            notes=(
+                "the root is the archive's Data/ folder; layout Data/MSRC/<class>/GroundTruth/ read from the release's "
+                "evaluation code, file formats inferred (see imagekv.datasets.msrc)",
+            ),
         ),
         DatasetSource(
             name="imagenet_s",
@@ -181,20 +149,6 @@ SOURCES: dict[str, DatasetSource] = {
                     keep=("validation-segmentation/*",),
                 ),
                 Archive(
-                    name="ImageNetS_categories_im50.txt",
-                    urls=(
-                        "https://raw.githubusercontent.com/LUSSeg/ImageNet-S/main/data/categories/"
-                        "ImageNetS_categories_im50.txt",
-                    ),
-                    kind="file",
-                ),
-                Archive(
-                    name="LOC_synset_mapping.txt",
-                    urls=(),
-                    kind="file",
-                    note="from the ImageNet localisation release (Kaggle, login): pass its path or URL",
-                ),
-                Archive(
                     name="ILSVRC2012_img_val.tar",
                     urls=(),
                     kind="tar",
@@ -208,10 +162,12 @@ SOURCES: dict[str, DatasetSource] = {
             download_gb=6.5,
             unpacked_gb=0.15,
             notes=(
-                "ImageNet val images cannot be redistributed: the user supplies ILSVRC2012_img_val.tar and "
-                "LOC_synset_mapping.txt (user_files={'ILSVRC2012_img_val.tar': PATH_OR_URL, ...})",
+                "ImageNet val images cannot be redistributed: the user supplies ILSVRC2012_img_val.tar "
+                "(user_files={'ILSVRC2012_img_val.tar': PATH_OR_URL}); its annotated images go to validation/<wnid>/ "
+                "as the ImageNet-S datapreparation_val.py places them",
                 "ILSVRC2012_img_val.tar md5 as recorded by torchvision's ImageNet",
-                "annotation zip layout ImageNetS50/validation-segmentation/ assumed from the ImageNet-S README",
+                "the root is the ImageNetS50 folder; annotation zip layout ImageNetS50/validation-segmentation/ from "
+                "the ImageNet-S README; its category and validation lists are in imagekv/datasets/published/imagenet_s",
             ),
         ),
         DatasetSource(

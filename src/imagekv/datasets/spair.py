@@ -55,9 +55,13 @@ def keypoint_regions(
     return labels
 
 
+PUBLISHED_ROOT = "the SPair-71k folder of SPair-71k.tar.gz (JPEGImages/, ImageAnnotation/, PairAnnotation/, Layout/)"
+
+
 class SPair:
     name = "spair"
     task = "semantic_corr"
+    PUBLISHED_ROOT = PUBLISHED_ROOT
 
     def __init__(self, root: Path, cfg: dict):
         self.root = Path(root)

@@ -1,4 +1,11 @@
-"""Synthetic ImageNet-S: one class per wnid folder, some images holding a second class, ignore bands."""
+"""Synthetic ImageNet-S50: the `ImageNetS50` folder the loader reads, for the real wnids of `classes`.
+
+Every validation image the ImageNet-S list names for those classes is drawn (an object of its
+folder's class, sometimes a second chosen class, an ignore band around the first) as
+`validation/<wnid>/<name>.JPEG`, with its RGB annotation (id = R + G*256, blue 0) in
+`validation-segmentation/`. Left out, because the loader reads none of them: train/, train-semi/,
+train-semi-segmentation/ and test/.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imagekv.datasets.imagenet_s import CATEGORIES, IGNORE_ID, class_names, validation_entries
+from imagekv.datasets.files import read_lines, seeded_subset
 from imagekv.datasets.schema import VOID, TextQuery
 from imagekv.datasets.synthetic import SyntheticTruth
 from imagekv.datasets.synthetic.draw import (
@@ -17,9 +26,7 @@ from imagekv.datasets.synthetic.draw import (
     save_png,
     shape_mask,
 )
-from imagekv.io import write_text
 
-IGNORE_ID = 1000
 IGNORE_BAND = 1.12
 
 
@@ -29,37 +36,34 @@ def encode_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def write(root: Path, cfg: dict, rng: np.random.Generator) -> SyntheticTruth:
-    num_classes, per_class = int(cfg.get("num_classes", 3)), int(cfg.get("images_per_class", 2))
-    wnids = [f"n{9000000 + i:08d}" for i in range(num_classes)]  # already in sorted order
-    names = [class_style(i).name for i in range(num_classes)]
-    write_text(root / cfg.get("categories_file", "ImageNetS_categories_im50.txt"), "".join(f"{w}\n" for w in wnids))
-    write_text(
-        root / cfg.get("names_file", "LOC_synset_mapping.txt"),
-        "".join(f"{w} {n}, synthetic {n}\n" for w, n in zip(wnids, names)),
-    )
+    wnids = sorted(read_lines(CATEGORIES))
+    names = class_names(wnids)
+    chosen = sorted(cfg.get("classes") or wnids)
+    class_ids = [wnids.index(w) + 1 for w in chosen]
+    listed = sorted(entry for entry in validation_entries() if entry[0].split("/")[0] in chosen)
+    queried = set(seeded_subset(listed, cfg.get("max_images"), int(cfg.get("seed", 0))))  # the loader's draw
     samples, oracle = [], {}
-    for class_index, wnid in enumerate(wnids):
-        for image_index in range(per_class):
-            size = random_size(rng, cfg)
-            classes = [class_index]
-            if num_classes > 1 and rng.random() < 0.5:
-                classes.append(int(rng.choice([c for c in range(num_classes) if c != class_index])))
-            objects = [random_placement(rng, class_style(c), size) for c in classes]
-            pixels, instances = render(rng, size, objects)
-            ids = np.zeros(size, dtype=np.int64)
-            ids[shape_mask(objects[0].style.shape, size, objects[0].center, objects[0].radius * IGNORE_BAND)] = (
-                IGNORE_ID
-            )
-            for index, c in enumerate(classes):
-                ids[instances == index + 1] = c + 1
-            image_id = f"{wnid}/ILSVRC2012_val_{class_index * per_class + image_index + 1:08d}"
-            save_jpeg(root / "validation" / f"{image_id}.JPEG", pixels)
-            save_png(root / "validation-segmentation" / f"{image_id}.png", encode_ids(ids))
+    for image, annotation in listed:
+        classes = [wnids.index(image.split("/")[0]) + 1]
+        if len(chosen) > 1 and rng.random() < 0.5:
+            classes.append(int(rng.choice([c for c in class_ids if c != classes[0]])))
+        size = random_size(rng, cfg)
+        objects = [random_placement(rng, class_style(c), size) for c in classes]
+        pixels, instances = render(rng, size, objects)
+        ids = np.zeros(size, dtype=np.int64)
+        first = objects[0]
+        ids[shape_mask(first.style.shape, size, first.center, first.radius * IGNORE_BAND)] = IGNORE_ID
+        for index, class_id in enumerate(classes):
+            ids[instances == index + 1] = class_id
+        save_jpeg(root / "validation" / image, pixels)
+        save_png(root / "validation-segmentation" / annotation, encode_ids(ids))
+        image_id = image.removesuffix(".JPEG")
+        if (image, annotation) in queried:
             for class_id in sorted(set(np.unique(ids).tolist()) - {0, IGNORE_ID}):
-                mask = (ids == class_id).astype(np.uint8)
-                mask[ids == IGNORE_ID] = VOID
+                mask = np.where(ids == IGNORE_ID, VOID, ids == class_id).astype(np.uint8)
                 samples.append(
                     TextQuery(f"{image_id}#{class_id}", image_id, names[class_id - 1], mask, wnids[class_id - 1])
                 )
             oracle[image_id] = np.where(ids == IGNORE_ID, 0, ids)
-    return SyntheticTruth(samples=samples, image_ids=sorted(oracle), texts=names, oracle_labels=oracle)
+    texts = [names[c - 1] for c in sorted(class_ids)]
+    return SyntheticTruth(samples=samples, image_ids=sorted(oracle), texts=texts, oracle_labels=oracle)

@@ -1,4 +1,12 @@
-"""Synthetic Pascal-5i: VOC layout, each VOC class a distinct textured shape, void bands around objects."""
+"""Synthetic Pascal-5i: the `VOCdevkit/VOC2012` folder the loader reads, for the images hsnet's fold
+lists name that the seeded episodes use.
+
+Each image holds every class the four fold lists give it (a distinct textured shape per VOC class)
+with a void band around each object, like VOC's outlines; masks are palette PNGs (mode P, VOC colour
+map) of class indices, as in `SegmentationClass`. `ImageSets/Segmentation/val.txt` lists every image
+of the fold lists. Left out, because the loader reads none of them: VOC's other folders
+(Annotations/, SegmentationObject/, ...) and the train / trainval lists.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagekv.datasets.pascal5i import VOC_CLASSES, build_episodes, episode_file, fold_classes
+from imagekv.datasets.pascal5i import VOC_CLASSES, binary_mask, draw_episodes, fold_entries
 from imagekv.datasets.schema import VOID, SegEpisode
 from imagekv.datasets.synthetic import SyntheticTruth
 from imagekv.datasets.synthetic.draw import (
@@ -19,16 +27,20 @@ from imagekv.datasets.synthetic.draw import (
     shape_mask,
     voc_palette,
 )
-from imagekv.io import write_json, write_text
+from imagekv.io import write_text
 
 VOID_BAND = 1.12  # void ring out to this multiple of the object radius, like VOC's object outlines
+MIN_VISIBLE = 20  # pixels of each listed class left visible after occlusion
 
 
 def draw_labels(rng: np.random.Generator, cfg: dict, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """One image holding objects of `classes` (VOC indices), with its VOC class map."""
+    """One image holding objects of `classes` (VOC indices), each visible, with its VOC class map."""
     size = random_size(rng, cfg)
-    objects = [random_placement(rng, class_style(c), size) for c in classes]
-    pixels, instances = render(rng, size, objects)
+    while True:
+        objects = [random_placement(rng, class_style(c), size, (0.14, 0.24)) for c in classes]
+        pixels, instances = render(rng, size, objects)
+        if all((instances == index + 1).sum() >= MIN_VISIBLE for index in range(len(classes))):
+            break
     labels = np.zeros(size, dtype=np.uint8)
     for placed in objects:
         labels[shape_mask(placed.style.shape, size, placed.center, placed.radius * VOID_BAND)] = VOID
@@ -37,46 +49,34 @@ def draw_labels(rng: np.random.Generator, cfg: dict, classes: list[int]) -> tupl
     return pixels, labels
 
 
-def class_mask(labels: np.ndarray, class_index: int) -> np.ndarray:
-    mask = (labels == class_index).astype(np.uint8)
-    mask[labels == VOID] = VOID
-    return mask
-
-
 def write(root: Path, cfg: dict, rng: np.random.Generator) -> SyntheticTruth:
     folds = [int(f) for f in cfg.get("folds", [0, 1, 2, 3])]
-    shots, count = int(cfg.get("shots", 5)), int(cfg.get("episodes_per_fold", 250))
-    split, seed = cfg.get("split", "val"), int(cfg.get("seed", 0))
-    per_class = int(cfg.get("images_per_class", shots + 1))
-    used = [c for fold in folds for c in fold_classes(fold)]
-    label_maps: dict[str, np.ndarray] = {}
-    for class_index in used:
-        for _ in range(per_class):
-            distractor = [int(rng.choice([c for c in used if c != class_index]))] if rng.random() < 0.5 else []
-            pixels, labels = draw_labels(rng, cfg, [class_index, *distractor])
-            name = f"2012_{len(label_maps):06d}"
-            save_jpeg(root / "JPEGImages" / f"{name}.jpg", pixels)
-            save_png(root / cfg.get("mask_dir", "SegmentationClassAug") / f"{name}.png", labels, voc_palette())
-            label_maps[name] = labels
-    write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{n}\n" for n in label_maps))
-    presence = {name: set(np.unique(labels).tolist()) for name, labels in label_maps.items()}
-    samples = []
-    for fold in folds:
-        episodes = build_episodes(presence, fold, shots, count, seed)
-        write_json(episode_file(root, fold, split, shots, count, seed), {"fold": fold, "episodes": episodes})
-        for index, episode in enumerate(episodes):
-            c = episode["class_index"]
-            samples.append(
-                SegEpisode(
-                    episode_id=f"fold{fold}_{index:04d}",
-                    fold=fold,
-                    class_name=VOC_CLASSES[c],
-                    query=episode["query"],
-                    query_mask=class_mask(label_maps[episode["query"]], c),
-                    support=tuple(episode["support"]),
-                    support_masks=tuple(class_mask(label_maps[s], c) for s in episode["support"]),
-                )
-            )
-    used_ids = sorted({s.query for s in samples} | {n for s in samples for n in s.support})
-    oracle = {name: np.where(label_maps[name] == VOID, 0, label_maps[name]).astype(np.int64) for name in used_ids}
-    return SyntheticTruth(samples=samples, image_ids=used_ids, oracle_labels=oracle)
+    shots, count, seed = int(cfg.get("shots", 5)), int(cfg.get("episodes_per_fold", 250)), int(cfg.get("seed", 0))
+    listed: dict[str, set[int]] = {}
+    for fold in range(4):
+        for name, class_index in fold_entries(fold):
+            listed.setdefault(name, set()).add(class_index)
+    episodes = {fold: draw_episodes(fold_entries(fold), fold, shots, count, seed) for fold in folds}
+    used = sorted({name for eps in episodes.values() for e in eps for name in (e["query"], *e["support"])})
+    label_maps = {}
+    for name in used:
+        pixels, labels = draw_labels(rng, cfg, sorted(listed[name]))
+        save_jpeg(root / "JPEGImages" / f"{name}.jpg", pixels)
+        save_png(root / cfg.get("mask_dir", "SegmentationClass") / f"{name}.png", labels, voc_palette())
+        label_maps[name] = labels
+    write_text(root / "ImageSets" / "Segmentation" / "val.txt", "".join(f"{n}\n" for n in sorted(listed)))
+    samples = [
+        SegEpisode(
+            episode_id=f"fold{fold}_{index:04d}",
+            fold=fold,
+            class_name=VOC_CLASSES[e["class_index"]],
+            query=e["query"],
+            query_mask=binary_mask(label_maps[e["query"]], e["class_index"]),
+            support=tuple(e["support"]),
+            support_masks=tuple(binary_mask(label_maps[s], e["class_index"]) for s in e["support"]),
+        )
+        for fold, eps in episodes.items()
+        for index, e in enumerate(eps)
+    ]
+    oracle = {name: np.where(labels == VOID, 0, labels).astype(np.int64) for name, labels in label_maps.items()}
+    return SyntheticTruth(samples=samples, image_ids=used, oracle_labels=oracle)
