@@ -5,8 +5,8 @@ annotation refused by `load_dataset` with a message naming the file and the item
 
 from __future__ import annotations
 
+import copy
 import json
-import os
 import pickle
 import shutil
 import subprocess
@@ -26,6 +26,7 @@ from imagekv.interventions.multiple_choice import DEFAULT_ANSWER_INSTRUCTION, qu
 
 from smoke_config import SMOKE_CONFIG
 from smoke_config import SMOKE_DATASETS as SMOKE
+from workflow_runs import tool_env
 
 NAMES = ("refcoco", "spair", "davis", "blink")
 
@@ -136,7 +137,7 @@ def test_extraction_command_refuses_the_escaping_idx_and_writes_nothing(twins, t
     spec |= {"dataset_root": str(root), "dataset_cfg": {**spec["dataset_cfg"], "derived_dir": str(tmp_path / "run")}}
     result = subprocess.run(
         [sys.executable, "-m", "imagekv", "extract", "--spec", json.dumps(spec), "--output", str(tmp_path / "store")],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True, text=True, cwd=tmp_path, env=tool_env(), timeout=300,
     )
     assert result.returncode != 0
     assert f"{path}: item idx '../../../../../x' is not a plain name" in result.stderr
@@ -344,3 +345,25 @@ def test_refcoco_mask_size_differing_from_its_image_is_refused(twins, tmp_path):
     edit_json(root / "refcoco" / "instances.json", wrong_size_rle)
     with refused(rf"{root}/refcoco/instances.json: annotation {ref['ann_id']} is a \(\d+, \d+\) mask on image"):
         load("refcoco", root)
+
+
+# --- A copy the user already has, through the config and `python -m imagekv check-dataset` -----
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_local_copy_is_checked_through_the_config_and_left_unchanged(twins, tmp_path, name):
+    root = copy_of(twins, tmp_path, name)
+    before = file_bytes(root)
+    config = copy.deepcopy(SMOKE_CONFIG)
+    config["datasets"][name] |= {"source": "local", "root": str(root)}
+    spec = plan.check_spec(config, name)
+    assert spec["root"] == str(root)
+    result = subprocess.run(
+        [sys.executable, "-m", "imagekv", "check-dataset", "--spec", json.dumps(spec), "--output", "check.json"],
+        capture_output=True, text=True, cwd=tmp_path, env=tool_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "check.json").read_text())["images"] > 0
+    assert file_bytes(root) == before
+    if name == "blink":  # its images were taken out under the run's results, relative to the working directory
+        assert list((tmp_path / "results" / "smoke" / "datasets" / "blink" / "images").glob("*/*/*.jpg"))
