@@ -142,6 +142,11 @@ def unchecked(name: str) -> DatasetSource:
     )
 
 
+def inside(archive: Archive, relative: str) -> str:
+    """A path under the dataset root, relative to the archive's `into` folder."""
+    return relative.removeprefix(f"{archive.into}/") if archive.into else relative
+
+
 def members_by_archive(source: DatasetSource, twin: Path) -> dict[str, dict[str, bytes]]:
     """Each twin file as the member of the archive whose route places it there (the inverse route)."""
     by_archive: dict[str, dict[str, bytes]] = {a.name: {} for a in source.archives}
@@ -151,17 +156,17 @@ def members_by_archive(source: DatasetSource, twin: Path) -> dict[str, dict[str,
             (
                 a
                 for a in source.archives
-                if a.kind != "file" and a.route(a.strip + relative.removeprefix(a.into)) == relative
+                if a.kind != "file" and a.route(a.strip + inside(a, relative)) == relative
             ),
             None,
         )
         assert owner is not None, f"no archive of {source.name} delivers {relative}"
-        by_archive[owner.name][owner.strip + relative.removeprefix(owner.into)] = path.read_bytes()
+        by_archive[owner.name][owner.strip + inside(owner, relative)] = path.read_bytes()
     return by_archive
 
 
 def loaded(name: str, root: Path) -> tuple[list[str], bytes]:
-    dataset = load_dataset(name, root, SMOKE[name])
+    dataset = load_dataset(name, root, {**SMOKE[name], "derived_dir": str(root.with_name(f"{root.name}-derived"))})
     return [ref.image_id for ref in dataset.images()], pickle.dumps(list(dataset.samples()))
 
 

@@ -149,7 +149,7 @@ def test_a_bad_image_file_is_named_and_no_manifest_is_written(refcoco, tmp_path)
     manifest = tmp_path / "store" / "manifest.json"
     extract(make_spec(root), manifest)
     victim = sorted(root.rglob("*.jpg"))[-1]
-    victim.write_bytes(victim.read_bytes()[:200])
+    victim.write_bytes(victim.read_bytes()[:-300])  # the header stays readable: decoding fails
     with pytest.raises(ImageFileError, match=str(victim)):
         extract(make_spec(root), manifest)
     assert not manifest.exists()

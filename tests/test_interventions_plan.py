@@ -15,7 +15,7 @@ from imagekv.config import ConfigError, validate_config
 from imagekv.datasets.schema import BlinkItem
 from imagekv.interventions import workflow
 from imagekv.interventions.key_variance import KeyStatistics, KeyVarianceConfig
-from imagekv.interventions.multiple_choice import AnswerLayout
+from imagekv.interventions.multiple_choice import AnswerLayout, question_text
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +101,9 @@ def test_each_condition_blocks_what_it_says():
 
 def test_the_answer_instruction_is_added_once():
     item = BlinkItem("q", "Art_Style", "Which?", ("x", "y"), "A", ("q/image_1",), prompt="Which?\n(A) x\n(B) y")
-    assert workflow.prompt_for(item, "Answer now.") == "Which?\n(A) x\n(B) y\nAnswer now."
+    assert question_text(item, "Answer now.") == "Which?\n(A) x\n(B) y\nAnswer now."
     ending = BlinkItem("q", "Art_Style", "Which?", ("x", "y"), "A", ("q/image_1",), prompt="Which?\nAnswer now.")
-    assert workflow.prompt_for(ending, "Answer now.") == "Which?\nAnswer now."
+    assert question_text(ending, "Answer now.") == "Which?\nAnswer now."
 
 
 def _answers(condition: str, correct: list[bool]) -> list[dict]:

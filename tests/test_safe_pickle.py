@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 
 import pytest
 
@@ -66,3 +67,55 @@ def test_truncated_and_missing_files_are_named(tmp_path):
         load_plain_pickle(path)
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent.p")):
         load_plain_pickle(tmp_path / "absent.p")
+
+
+@pytest.fixture
+def hang_guard():
+    """Fail instead of hanging the suite if loading loops (issue 16): a generous one-minute alarm."""
+
+    def fail(signum, frame):
+        raise AssertionError("load_plain_pickle did not return within a minute")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def self_referencing_list() -> list:
+    cycle: list = []
+    cycle.append(cycle)
+    return cycle
+
+
+def self_referencing_dict() -> dict:
+    cycle: dict = {"refs": []}
+    cycle["refs"].append(cycle)
+    return cycle
+
+
+@pytest.mark.parametrize("build", [self_referencing_list, self_referencing_dict], ids=["list", "dict"])
+def test_reference_cycle_is_refused_not_looped_on(tmp_path, hang_guard, build):
+    path = tmp_path / "refs.p"
+    path.write_bytes(pickle.dumps(build(), protocol=2))
+    if build is self_referencing_list:
+        assert len(path.read_bytes()) == 9  # the 9-byte pickle of issue 16
+    with pytest.raises(UnsafePickleError, match=rf"{path}: holds a reference cycle"):
+        load_plain_pickle(path)
+
+
+def test_shared_references_load_in_linear_work(tmp_path, hang_guard):
+    """Each level holds the level below twice: 2**64 paths through 65 objects, a few hundred bytes."""
+    shared: list = ["leaf"]
+    for _ in range(64):
+        shared = [shared, shared, {"k": shared}]
+    path = tmp_path / "refs.p"
+    path.write_bytes(pickle.dumps(shared, protocol=2))
+    assert len(path.read_bytes()) < 1000
+    loaded = load_plain_pickle(path)
+    depth = 0
+    while loaded != ["leaf"]:
+        assert loaded[0] is loaded[1] is loaded[2]["k"]  # sharing survives the load
+        loaded, depth = loaded[0], depth + 1
+    assert depth == 64

@@ -89,7 +89,24 @@ def dataset_spec(config: dict, dataset: str) -> dict:
 
 def check_spec(config: dict, dataset: str) -> dict:
     """What `python -m imagekv check-dataset` needs: the dataset, its folder and loader settings."""
-    return {"dataset": dataset, "root": dataset_root(config, dataset), "cfg": dataset_spec(config, dataset)["cfg"]}
+    return {"dataset": dataset, "root": dataset_root(config, dataset), "cfg": loader_cfg(config, dataset)}
+
+
+def derived_path(config: dict, dataset: str) -> str:
+    """Where loaders write what they derive from a dataset (BLINK's extracted images): under the
+    run's results, never into the dataset folder."""
+    return f"results/{config['run']}/datasets/{dataset}"
+
+
+# Datasets whose loader writes files it derives (BLINK extracts the images of its parquet files).
+DERIVING_DATASETS = ("blink",)
+
+
+def loader_cfg(config: dict, dataset: str) -> dict:
+    """What `load_dataset` receives: the dataset's settings, plus `derived_dir` for a loader that
+    writes derived files."""
+    cfg = dataset_spec(config, dataset)["cfg"]
+    return cfg | {"derived_dir": derived_path(config, dataset)} if dataset in DERIVING_DATASETS else cfg
 
 
 def download_spec(config: dict, dataset: str) -> dict:
@@ -105,7 +122,7 @@ def extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> d
         "model_cfg": entry.cfg,
         "dataset": dataset,
         "dataset_root": dataset_root(config, dataset),
-        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "dataset_cfg": loader_cfg(config, dataset),
         "prefix_name": prefix,
         "prefix": config["prefixes"][prefix],
         "store": list(MLM_REPRESENTATIONS if entry.kind == "mlm" else ("values",)),
@@ -127,7 +144,7 @@ def probe_spec(config: dict, backbone: str, dataset: str, prefix: str, represent
         "task": task,
         "dataset": dataset,
         "dataset_root": dataset_root(config, dataset),
-        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "dataset_cfg": loader_cfg(config, dataset),
         "prefix": prefix,
         "params": {k: v for k, v in config["probes"][task].items() if k != "dataset"},
         "device": config["device"],
@@ -180,7 +197,7 @@ def qualitative_spec(config: dict) -> dict | None:
         tasks[task] = {
             "dataset": dataset,
             "dataset_root": dataset_root(config, dataset),
-            "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+            "dataset_cfg": loader_cfg(config, dataset),
             "params": {k: v for k, v in config["probes"][task].items() if k != "dataset"},
             "stores": {model: stores[model], f"{model} projection": stores[model], "siglip": stores["siglip"]},
         }
@@ -265,7 +282,7 @@ def blink_spec(config: dict, model: str) -> dict:
         "model_cfg": config["models"][model],
         "dataset": dataset,
         "dataset_root": dataset_root(config, dataset),
-        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "dataset_cfg": loader_cfg(config, dataset),
         "device": config["device"],
         "dtype": config["dtype"],
         "params": {k: v for k, v in section.items() if k not in ("dataset", "bootstrap_resamples", "bootstrap_seed")},
@@ -291,7 +308,7 @@ def not_surfaced_spec(config: dict) -> dict:
         "run": run,
         "dataset": dataset,
         "dataset_root": dataset_root(config, dataset),
-        "dataset_cfg": dataset_spec(config, dataset)["cfg"],
+        "dataset_cfg": loader_cfg(config, dataset),
         "condition": BASELINE_CONDITION,
         "models": {
             model: {

@@ -2,7 +2,10 @@
 
 Layout under `root`: `JPEGImages/<resolution>/<sequence>/<frame>.jpg`,
 `Annotations/<resolution>/<sequence>/<frame>.png` (palette PNG: 0 background, 1..K object ids,
-255 void) and `ImageSets/<year>/<split>.txt` listing the sequences.
+255 void) and `ImageSets/<year>/<split>.txt` listing the sequences: the `DAVIS/` folder of
+DAVIS-2017-trainval-480p.zip (read: the layout the davis2017-evaluation toolkit and public DAVIS
+loaders document).
+Each label map must have its frame's size; an error names the annotation file.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from imagekv.datasets.files import DatasetFileError, read_index_png, read_lines, require
+from imagekv.datasets.files import DatasetFileError, image_size, read_index_png, read_lines, require
 from imagekv.datasets.schema import VOID, ImageRef, OracleTruth, VideoClip
+
+
+PUBLISHED_ROOT = "the DAVIS folder of DAVIS-2017-trainval-480p.zip (JPEGImages/, Annotations/, ImageSets/)"
 
 
 class Davis:
     name = "davis"
     task = "temporal_corr"
+    PUBLISHED_ROOT = PUBLISHED_ROOT
 
     def __init__(self, root: Path, cfg: dict):
         self.root = Path(root)
@@ -37,7 +44,16 @@ class Davis:
         return names
 
     def _labels(self, frame_id: str) -> np.ndarray:
-        return read_index_png(self.root / "Annotations" / self.resolution / f"{frame_id}.png")
+        """The frame's label map, which must have the frame's size."""
+        path = self.root / "Annotations" / self.resolution / f"{frame_id}.png"
+        labels = read_index_png(path)
+        frame = self.root / "JPEGImages" / self.resolution / f"{frame_id}.jpg"
+        if labels.shape != image_size(frame):
+            raise DatasetFileError(
+                f"{path} is {labels.shape[1]}x{labels.shape[0]}, but its frame {frame} is "
+                f"{image_size(frame)[1]}x{image_size(frame)[0]} (width x height)"
+            )
+        return labels
 
     def images(self) -> list[ImageRef]:
         ids = sorted(f"{seq}/{name}" for seq, names in self.frames.items() for name in names)

@@ -2,7 +2,9 @@
 
 A pickle can name any importable callable and call it while loading. This unpickler refuses every
 global lookup (so no class, function or reduce call can be reached) and every persistent id, then
-checks that what was built is made of dict, list, tuple, str, int, float, bool and None only.
+checks that what was built is made of dict, list, tuple, str, int, float, bool and None only, with
+no reference cycle. The pickle's memo may share one object in many places; that is accepted and
+costs one visit.
 """
 
 from __future__ import annotations
@@ -31,15 +33,38 @@ class _PlainUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: refused persistent id; only plain containers are allowed")
 
 
+def _children(item: Any) -> list:
+    return [*item.keys(), *item.values()] if isinstance(item, dict) else list(item)
+
+
 def _check_plain(obj: Any, source: Path) -> None:
-    pending = [obj]
-    while pending:
-        item = pending.pop()
+    """Refuse anything but plain types, and reference cycles (which no refs file holds and which
+    would hang whoever walks the data later). Each object is visited once, however often the
+    pickle's memo shares it, so the work is linear in the number of objects the pickle built."""
+    done: set[int] = set()
+    on_path: set[int] = set()
+    stack: list[tuple[Any, list]] = []
+
+    def enter(item: Any) -> None:
         if type(item) in PLAIN_SCALARS:
-            continue
+            return
         if type(item) not in PLAIN_CONTAINERS:
             raise UnsafePickleError(f"{source}: holds a {type(item).__name__}; only plain containers are allowed")
-        pending.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+        if id(item) in on_path:
+            raise UnsafePickleError(f"{source}: holds a reference cycle; plain data is a tree (shared parts allowed)")
+        if id(item) not in done:
+            on_path.add(id(item))
+            stack.append((item, _children(item)))
+
+    enter(obj)
+    while stack:
+        item, pending = stack[-1]
+        if pending:
+            enter(pending.pop())
+        else:
+            stack.pop()
+            on_path.discard(id(item))
+            done.add(id(item))
 
 
 def load_plain_pickle(path: Path) -> Any:

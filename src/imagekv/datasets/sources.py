@@ -188,6 +188,7 @@ SOURCES: dict[str, DatasetSource] = {
                     urls=("http://images.cocodataset.org/zips/train2014.zip",),
                     kind="zip",
                     keep=("train2014/*",),
+                    into="images/mscoco/images",  # where refer.py reads them (IMAGE_DIR)
                 ),
             ),
             homepage="https://github.com/lichengunc/refer",

@@ -105,11 +105,17 @@ def extract_letter(text: str, num_options: int) -> str | None:
 
 
 def question_text(item: BlinkItem, instruction: str = DEFAULT_ANSWER_INSTRUCTION) -> str:
-    """The BLINK prompt (question plus lettered choices) followed by the answer instruction."""
+    """The BLINK prompt (question plus lettered choices) followed by the answer instruction, once.
+
+    BLINK's `prompt` ends with its choices (lmms-eval's blink task uses it as is and adds only a
+    note before it); a prompt that already ends with `instruction` gets no second copy.
+    """
     body = item.prompt or "\n".join(
         [item.question, *(f"({LETTERS[i]}) {choice}" for i, choice in enumerate(item.choices))]
     )
-    return f"{body}\n{instruction}" if instruction else body
+    if not instruction or body.rstrip().endswith(instruction):
+        return body
+    return f"{body}\n{instruction}"
 
 
 def chat_prompt(processor, text: str, num_images: int, add_generation_prompt: bool = True) -> str:

@@ -170,13 +170,6 @@ def block_rule(
     return rule
 
 
-def prompt_for(item: BlinkItem, instruction: str) -> str:
-    """The question with its options and the answer instruction, added once (BLINK prompts may end
-    with it already)."""
-    body = question_text(item, instruction="")
-    return body if not instruction or body.rstrip().endswith(instruction) else f"{body}\n{instruction}"
-
-
 def blink_answers(spec: dict, flags_path: Path, output: Path) -> None:
     from imagekv.extract import resolve_device, resolve_dtype
     from imagekv.models.registry import build_backbone
@@ -195,7 +188,7 @@ def blink_answers(spec: dict, flags_path: Path, output: Path) -> None:
         prepared = [backbone.prepare_image(load_rgb(paths[image_id])) for image_id in item.image_ids]
         images = backbone.question_images(prepared)
         offsets = [layout_offsets(backbone, image, flags["num_positions"]) for image in images]
-        text = prompt_for(item, params["answer_instruction"])
+        text = question_text(item, params["answer_instruction"])
         for condition in params["conditions"]:
             rule = block_rule(condition, flagged, offsets, seed=params["random_seed"] + number)
             result = answer_question(backbone.model, backbone.processor, text, images, len(item.choices),

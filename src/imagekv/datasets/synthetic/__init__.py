@@ -25,7 +25,7 @@ WRITERS = ("pascal5i", "msrc", "imagenet_s", "refcoco", "spair", "davis", "blink
 class SyntheticTruth:
     """What a writer drew: the samples a loader must return, every image id, the query texts, the
     oracle label map of each image whose ids the loader must reproduce exactly, and the exact pixels
-    of images a loader hands out itself (BLINK's embedded PNGs)."""
+    of images a loader hands out itself (BLINK's embedded JPEGs, as decoded)."""
 
     samples: list[Sample]
     image_ids: list[str]

@@ -1,4 +1,8 @@
-"""Synthetic BLINK: multiple-choice items whose answer the images decide.
+"""Synthetic BLINK: multiple-choice items whose answer the images decide, in the hub's parquet layout.
+
+One `<Subtask>/<split>-00000-of-00001.parquet` per subtask with the published columns, the images as
+JPEG bytes in the `Image` struct {bytes, path} and the `huggingface` schema metadata the `datasets`
+library writes (see imagekv.datasets.blink for which of these details are read and which inferred).
 
 Art_Style: the right candidate shares the reference's style (texture and palette) but not its shape;
 the wrong one shares the shape in another style. Visual_Similarity: the right candidate is the same
@@ -7,23 +11,27 @@ class of object elsewhere, the wrong one another class. Counting: how many copie
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
+from imagekv.datasets.blink import PUBLISHED_SUBTASKS
 from imagekv.datasets.schema import BlinkItem
 from imagekv.datasets.synthetic import SyntheticTruth
 from imagekv.datasets.synthetic.draw import (
     COLOURS,
+    JPEG_QUALITY,
     SHAPES,
     TEXTURES,
     Style,
     backdrop,
     class_style,
     paint,
-    png_bytes,
     random_placement,
     random_size,
     render,
@@ -33,7 +41,6 @@ from imagekv.datasets.synthetic.refcoco import place_in_slots
 from imagekv.io import atomic_path
 
 LETTERS = "ABCD"
-ANSWER_HINT = "Answer with the option's letter from the given choices directly."
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
     [
@@ -47,6 +54,18 @@ SCHEMA = pa.schema(
         ("explanation", pa.string()),
     ]
 )
+STRING = {"dtype": "string", "_type": "Value"}
+# The features record `datasets` keeps in the parquet schema metadata under b"huggingface".
+FEATURES = {
+    "idx": STRING,
+    "question": STRING,
+    "sub_task": STRING,
+    **{f"image_{k}": {"_type": "Image"} for k in range(1, 5)},
+    "choices": {"feature": STRING, "_type": "Sequence"},
+    "answer": STRING,
+    "prompt": STRING,
+    "explanation": STRING,
+}
 TWO_CANDIDATES = ("the second image", "the third image")
 
 
@@ -99,10 +118,23 @@ def counting(rng: np.random.Generator, cfg: dict) -> tuple[str, list[np.ndarray]
 SUBTASKS = {"Art_Style": art_style, "Visual_Similarity": visual_similarity, "Counting": counting}
 
 
+def jpeg(pixels: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """JPEG bytes of `pixels` and the pixels they decode to (what a reader of the file sees)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue(), np.array(Image.open(io.BytesIO(buffer.getvalue())))
+
+
 def write(root: Path, cfg: dict, rng: np.random.Generator) -> SyntheticTruth:
     split = cfg.get("split", "val")
+    subtasks = list(cfg.get("subtasks") or PUBLISHED_SUBTASKS)  # the loader's order
+    missing = [s for s in subtasks if s not in SUBTASKS]
+    if missing:
+        raise ValueError(f"the synthetic BLINK draws only {', '.join(sorted(SUBTASKS))}; set datasets.blink.subtasks"
+                         f" to some of them (it asks for {missing})")
+    schema = SCHEMA.with_metadata({b"huggingface": json.dumps({"info": {"features": FEATURES}}).encode()})
     items, pixels_by_id = [], {}
-    for subtask in cfg.get("subtasks") or sorted(SUBTASKS):  # the loader's order
+    for subtask in subtasks:
         rows = []
         for index in range(int(cfg.get("items_per_subtask", 4))):
             question, images, choices, answer = SUBTASKS[subtask](rng, cfg)
@@ -114,15 +146,16 @@ def write(root: Path, cfg: dict, rng: np.random.Generator) -> SyntheticTruth:
                 "sub_task": subtask,
                 "choices": choices,
                 "answer": f"({LETTERS[answer]})",
-                "prompt": f"{question}\nSelect from the following choices.\n{options}\n{ANSWER_HINT}",
+                "prompt": f"{question}\nSelect from the following choices.\n{options}",
                 "explanation": "",
             }
-            for k in range(1, 5):
-                row[f"image_{k}"] = {"bytes": png_bytes(images[k - 1]), "path": None} if k <= len(images) else None
-            rows.append(row)
             image_ids = tuple(f"{idx}/image_{k + 1}" for k in range(len(images)))
-            pixels_by_id.update(zip(image_ids, images))
+            row |= {f"image_{k}": None for k in range(1, 5)}
+            for k, (image_id, pixels) in enumerate(zip(image_ids, images), start=1):
+                data, pixels_by_id[image_id] = jpeg(pixels)
+                row[f"image_{k}"] = {"bytes": data, "path": f"{idx}_{k}.jpg"}
+            rows.append(row)
             items.append(BlinkItem(idx, subtask, question, tuple(choices), LETTERS[answer], image_ids, row["prompt"]))
         with atomic_path(root / subtask / f"{split}-00000-of-00001.parquet") as tmp:
-            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     return SyntheticTruth(samples=items, image_ids=sorted(pixels_by_id), pixels=pixels_by_id)

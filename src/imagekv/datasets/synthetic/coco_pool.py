@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from imagekv.datasets.files import seeded_subset
 from imagekv.datasets.synthetic import SyntheticTruth
 from imagekv.datasets.synthetic.draw import class_style, random_placement, random_size, render, save_jpeg
-from imagekv.datasets.synthetic.refcoco import rle
 from imagekv.io import write_json
 
 CATEGORIES = 20
+
+
+def rle(mask: np.ndarray) -> dict:
+    """Compressed COCO RLE with its counts as text, as instances files store it."""
+    encoded = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [int(s) for s in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
 def write(root: Path, cfg: dict, rng: np.random.Generator) -> SyntheticTruth:

@@ -7,7 +7,6 @@ are exact. Everything is a pure function of its arguments and the numpy Generato
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +72,52 @@ def shape_mask(shape: str, size: tuple[int, int], center: tuple[float, float], r
     raise ValueError(f"unknown synthetic shape {shape!r}")
 
 
+def _rectangle(half_u: float, half_v: float) -> list[tuple[float, float]]:
+    return [(-half_u, -half_v), (half_u, -half_v), (half_u, half_v), (-half_u, half_v)]
+
+
+def _arc(radius: float, start: float, stop: float, steps: int) -> list[tuple[float, float]]:
+    angles = np.linspace(start, stop, steps + 1)
+    return [(radius * float(np.cos(a)), radius * float(np.sin(a))) for a in angles]
+
+
+HEXAGON_HALF_TOP, HEXAGON_HALF_WIDTH = (0.9 - 0.45) / 0.866, 0.9 / 0.866
+RING_INNER = 0.3**0.5
+# The outlines of SHAPES in units of the radius, (u, v) with v pointing down: the same figures as
+# shape_mask, as COCO polygons (a ring as sector quads, a cross as two bars: COCO merges them).
+UNIT_POLYGONS = {
+    "circle": [_arc(1.0, 0, 2 * np.pi, 32)[:-1]],
+    "square": [_rectangle(0.85, 0.85)],
+    "triangle": [[(0.0, -1.0), (1.0, 0.8), (-1.0, 0.8)]],
+    "diamond": [[(0.0, -1.0), (1.0, 0.0), (0.0, 1.0), (-1.0, 0.0)]],
+    "cross": [_rectangle(1.0, 0.35), _rectangle(0.35, 1.0)],
+    "ring": [
+        _arc(1.0, a, a + np.pi / 8, 2) + _arc(RING_INNER, a + np.pi / 8, a, 2)
+        for a in np.arange(16) * np.pi / 8
+    ],
+    "hexagon": [
+        [
+            (HEXAGON_HALF_TOP, -0.9),
+            (HEXAGON_HALF_WIDTH, 0.0),
+            (HEXAGON_HALF_TOP, 0.9),
+            (-HEXAGON_HALF_TOP, 0.9),
+            (-HEXAGON_HALF_WIDTH, 0.0),
+            (-HEXAGON_HALF_TOP, -0.9),
+        ]
+    ],
+    "bar": [_rectangle(1.0, 0.45)],
+}
+
+
+def shape_polygons(shape: str, center: tuple[float, float], radius: float) -> list[list[float]]:
+    """COCO polygons [[x0, y0, x1, y1, ...], ...] of `shape` centred at (x, y), rounded to 0.01 px
+    as COCO stores them."""
+    return [
+        [round(c, 2) for u, v in outline for c in (center[0] + u * radius, center[1] + v * radius)]
+        for outline in UNIT_POLYGONS[shape]
+    ]
+
+
 def texture_pattern(texture: str, size: tuple[int, int], period: int = 6) -> np.ndarray:
     """Boolean [H, W] pattern: True where the texture shows its full colour, False its dark shade."""
     ys, xs = np.mgrid[0 : size[0], 0 : size[1]]
@@ -124,12 +169,6 @@ def save_png(path: Path, array: np.ndarray, palette: list[int] | None = None) ->
         image = Image.frombytes("P", (array.shape[1], array.shape[0]), np.ascontiguousarray(array, np.uint8).tobytes())
         image.putpalette(palette)
     image.save(path, format="PNG")
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def voc_palette() -> list[int]:
