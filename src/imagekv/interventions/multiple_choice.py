@@ -227,7 +227,9 @@ def answer_question(
     blocked = block_rule(layout) if block_rule else {}
     letter_ids = letter_token_ids(processor.tokenizer, num_options)
     with block_attention(model, blocked, layout.query_start):
-        logits = model(**inputs).logits[0, layout.answer_position]
+        # The answer is read at the last position only (layout.answer_position): the LM head runs
+        # there alone, as in generate()'s prefill, not over the 128k-152k vocabulary at every position.
+        logits = model(**inputs, logits_to_keep=1).logits[0, -1]
         generated = None
         if greedy_tokens:
             output = model.generate(**inputs, max_new_tokens=greedy_tokens, do_sample=False)
