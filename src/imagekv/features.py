@@ -3,10 +3,19 @@
 Shards are opened lazily and memory-mapped; only the token rows of the image or text asked for are
 read, and at most `open_shards` shards stay open, so memory stays flat however many images a probe
 walks through.
+
+A store verifies itself. The manifest records each shard's size, the sha256 of the whole file, of
+its safetensors header and of each tensor's bytes, and each tensor's dtype and shape. When a store
+first opens a shard it checks the size, the header and every token range and text row the
+manifest gives against the keys and grids the shard itself holds; the first read of a tensor in a
+process hashes its bytes. A mismatch raises StoreIntegrityError naming the shard.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,11 +25,89 @@ from safetensors import safe_open
 
 from imagekv.grid import TokenGrid
 from imagekv.io import read_json
-from imagekv.plan import STORE_FORMAT  # 2: one [layers, tokens, C] tensor per representation and shard
+from imagekv.plan import STORE_FORMAT  # 3: format 2 (one [layers, tokens, C] tensor per representation
+# and shard) with each shard's record (sizes, hashes, dtypes, shapes) in the manifest
 
 SHARD_DIR = "shards"  # beside the manifest
 MANIFEST = "manifest.json"
 PROJECTION_LAYER = -1  # layer label of the projector output: the LM's input, before layer 0
+METADATA_KEY = "imagekv"  # the shard's one metadata entry: safetensors writes several in random order
+RECORD_SUFFIX = ".json"  # shards/NNNNN.safetensors.json: the shard's record, written just after it
+SHARD_NAME = re.compile(r"\d{5}\.safetensors")
+# safetensors' names of the stored dtypes (https://github.com/huggingface/safetensors, format spec)
+SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+CHUNK_BYTES = 1 << 22
+# (path, inode, size, mtime, tensor, sha256) of tensors already hashed in this process
+_VERIFIED_TENSORS: set[tuple] = set()
+
+
+class StoreIntegrityError(ValueError):
+    """A feature store whose files disagree with its manifest; the message names the file."""
+
+
+def record_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + RECORD_SUFFIX)
+
+
+def read_header(path: Path) -> tuple[dict, bytes]:
+    """The parsed safetensors header of the shard at `path`, and its raw bytes (length prefix included)."""
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < length <= MAX_HEADER_BYTES:
+            raise StoreIntegrityError(f"{path}: not a safetensors file (header length {length})")
+        raw = handle.read(length)
+    if len(raw) != length:
+        raise StoreIntegrityError(f"{path}: truncated inside its safetensors header")
+    try:
+        header = json.loads(raw)
+        metadata = json.loads(header.get("__metadata__", {})[METADATA_KEY])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise StoreIntegrityError(f"{path}: corrupt safetensors header ({error})") from error
+    if not isinstance(metadata, dict):
+        raise StoreIntegrityError(f"{path}: corrupt safetensors header (metadata is not an object)")
+    header["__metadata__"] = metadata
+    return header, prefix + raw
+
+
+def read_shard_metadata(path: Path) -> dict:
+    """The facts the extraction stored in a shard: kind, keys in storage order, grids, layers, prompt."""
+    return read_header(path)[0]["__metadata__"]
+
+
+def shard_record(path: Path) -> dict:
+    """What the manifest records of a shard, from one pass over its bytes."""
+    header, raw = read_header(path)
+    tensors = sorted(((name, entry) for name, entry in header.items() if name != "__metadata__"),
+                     key=lambda item: item[1]["data_offsets"])
+    whole, record = hashlib.sha256(raw), {}
+    with open(path, "rb") as handle:
+        handle.seek(len(raw))
+        position = 0
+        for name, entry in tensors:
+            start, stop = entry["data_offsets"]
+            if start != position:
+                raise StoreIntegrityError(f"{path}: tensor {name!r} starts at byte {start}, expected {position}")
+            digest = _hash_bytes(handle, stop - start, path, whole)
+            record[name] = {"dtype": entry["dtype"], "shape": entry["shape"], "sha256": digest}
+            position = stop
+        if handle.read(1):
+            raise StoreIntegrityError(f"{path}: bytes after its last tensor")
+    return {"size": len(raw) + position, "sha256": whole.hexdigest(),
+            "header_sha256": hashlib.sha256(raw).hexdigest(), "tensors": record}
+
+
+def _hash_bytes(handle, count: int, path: Path, *also) -> str:
+    digest = hashlib.sha256()
+    while count > 0:
+        chunk = handle.read(min(count, CHUNK_BYTES))
+        if not chunk:
+            raise StoreIntegrityError(f"{path}: truncated (the file ends {count} bytes early)")
+        for each in (digest, *also):
+            each.update(chunk)
+        count -= len(chunk)
+    return digest.hexdigest()
 
 
 class FeatureStore:
@@ -37,6 +124,13 @@ class FeatureStore:
         self._shard_dir = self.manifest_path.parent / SHARD_DIR
         self._open_shards = open_shards
         self._handles: OrderedDict[str, object] = OrderedDict()
+        self._records: dict[str, dict] = self.meta["shards"]
+        bad = sorted(name for name in self._records if not SHARD_NAME.fullmatch(name))
+        if bad or self.meta["store_dtype"] not in SAFETENSORS_DTYPES:
+            raise StoreIntegrityError(f"{self.manifest_path}: bad shard names {bad} or store_dtype "
+                                      f"{self.meta['store_dtype']!r}; expected NNNNN.safetensors and one of "
+                                      f"{sorted(SAFETENSORS_DTYPES)}")
+        self._tensor_bytes: dict[str, dict[str, tuple[int, int]]] = {}  # per checked shard: file offsets
 
     def grid(self, image_id: str) -> TokenGrid:
         return TokenGrid(*self._image_entry(image_id)["grid"])
@@ -76,14 +170,83 @@ class FeatureStore:
         return entry
 
     def _read(self, shard: str, tensor: str, start: int, stop: int) -> torch.Tensor:
-        """Token rows start:stop of a shard's [layers, tokens, C] tensor; only those bytes are read."""
+        """Token rows start:stop of a shard's [layers, tokens, C] tensor; only those bytes are read
+        (and, the first time in this process, the whole tensor's, to check its hash)."""
         if shard in self._handles:
             self._handles.move_to_end(shard)
         else:
+            if shard not in self._tensor_bytes:
+                self._tensor_bytes[shard] = self._check_shard(shard)
             self._handles[shard] = safe_open(str(self._shard_dir / shard), framework="pt")
             if len(self._handles) > self._open_shards:
                 self._handles.popitem(last=False)
+        self._check_tensor(shard, tensor)
         return self._handles[shard].get_slice(tensor)[:, start:stop]
+
+    def _check_shard(self, shard: str) -> dict[str, tuple[int, int]]:
+        """Size, header, dtypes, shapes, token ranges and text rows of `shard` against the manifest;
+        returns where each tensor's bytes lie in the file."""
+        path, record = self._shard_dir / shard, self._records.get(shard)
+        if record is None:
+            raise StoreIntegrityError(f"{self.manifest_path} refers to shard {shard} but records no hash of it")
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as error:
+            raise StoreIntegrityError(f"{path}: the shard is missing") from error
+        header, raw = read_header(path)
+        metadata = header.pop("__metadata__")
+        stored = {name: {"dtype": entry["dtype"], "shape": entry["shape"]} for name, entry in header.items()}
+        recorded = {name: {"dtype": entry["dtype"], "shape": entry["shape"]} for name, entry in record["tensors"].items()}
+        dtype = SAFETENSORS_DTYPES[self.meta["store_dtype"]]
+        if stored != recorded or any(entry["dtype"] != dtype for entry in stored.values()):
+            raise StoreIntegrityError(f"{path} holds tensors {stored}; {self.manifest_path} records {recorded} "
+                                      f"(store_dtype {self.meta['store_dtype']}, {dtype})")
+        if size != record["size"]:
+            raise StoreIntegrityError(f"{path} is {size} bytes; {self.manifest_path} records {record['size']} "
+                                      "(truncated or rewritten)")
+        if hashlib.sha256(raw).hexdigest() != record["header_sha256"]:
+            raise StoreIntegrityError(f"{path}: its safetensors header differs from the one {self.manifest_path} records")
+        self._check_index(shard, path, metadata, {entry["shape"][1] for entry in stored.values()})
+        return {name: (len(raw) + entry["data_offsets"][0], len(raw) + entry["data_offsets"][1])
+                for name, entry in header.items()}
+
+    def _check_index(self, shard: str, path: Path, metadata: dict, token_counts: set[int]) -> None:
+        """The manifest's entries of `shard` must be exactly those its keys and grids give."""
+        expected, start = {}, 0
+        for row, key in enumerate(metadata["keys"]):
+            if metadata["kind"] == "images":
+                grid = metadata["grids"][key]
+                expected[key] = {"grid": grid, "tokens": [start, start + grid[0] * grid[1]]}
+                start += grid[0] * grid[1]
+            else:
+                expected[key] = {"row": row}
+                start += 1
+        entries = self.meta["images" if metadata["kind"] == "images" else "texts"]
+        claimed = {key: {k: v for k, v in entry.items() if k != "shard"}
+                   for key, entry in entries.items() if entry["shard"] == shard}
+        wrong = sorted(key for key in expected.keys() | claimed.keys() if expected.get(key) != claimed.get(key))
+        if wrong or token_counts != {start}:
+            raise StoreIntegrityError(
+                f"{self.manifest_path}: the entries of {metadata['kind']} {wrong[:5]} disagree with shard {path}, "
+                f"which holds {len(expected)} {metadata['kind']} in {sorted(token_counts)} rows"
+            )
+
+    def _check_tensor(self, shard: str, tensor: str) -> None:
+        """Hash a tensor's bytes against the manifest, once per file version and process."""
+        path = self._shard_dir / shard
+        expected = self._records[shard]["tensors"][tensor]["sha256"]
+        status = path.stat()
+        key = (str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns, tensor, expected)
+        if key in _VERIFIED_TENSORS:
+            return
+        start, stop = self._tensor_bytes[shard][tensor]
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            actual = _hash_bytes(handle, stop - start, path)
+        if actual != expected:
+            raise StoreIntegrityError(f"{path}: the bytes of tensor {tensor!r} do not match the sha256 "
+                                      f"{self.manifest_path} records; the shard is damaged: extract the store again")
+        _VERIFIED_TENSORS.add(key)
 
 
 class FeatureView:
