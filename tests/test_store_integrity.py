@@ -160,7 +160,7 @@ def test_resume_redoes_only_the_damaged_staged_shards(refcoco, tmp_path, monkeyp
     monkeypatch.setattr(extract_module, "_save_shard", save_shard)
 
     decoded = []
-    monkeypatch.setattr(extract_module, "load_rgb", lambda path: decoded.append(path.stem) or load_rgb(path))
+    monkeypatch.setattr(extract_module, "load_rgb", lambda path, **limits: decoded.append(path.stem) or load_rgb(path, **limits))
     extract_store(spec, store)
     image_ids = FeatureStore(store).image_ids
     assert decoded == list(image_ids[1:]), "shard 00000 is kept, 00001 and 00002 are redone, 00003 done"
@@ -177,6 +177,6 @@ def test_a_staged_shard_without_its_record_is_redone(refcoco, tmp_path, monkeypa
     extract(spec, manifest)
     (manifest.parent / "shards" / "00000.safetensors.json").unlink()
     decoded = []
-    monkeypatch.setattr(extract_module, "load_rgb", lambda path: decoded.append(path.stem) or load_rgb(path))
+    monkeypatch.setattr(extract_module, "load_rgb", lambda path, **limits: decoded.append(path.stem) or load_rgb(path, **limits))
     extract(spec, manifest)
     assert decoded == list(FeatureStore(manifest).image_ids[:2])

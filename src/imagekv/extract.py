@@ -132,6 +132,7 @@ class Extraction:
         self.store_dtype = _dtype(spec["store_dtype"], "store_dtype")
         self.batch_size = _positive(spec, "batch_size")
         self.images_per_shard = _positive(spec, "images_per_shard")
+        self.max_image_pixels = _positive(spec, "max_image_pixels")
         self.device = resolve_device(spec["device"])
         self.dtype = resolve_dtype(spec["dtype"], self.device)
 
@@ -231,7 +232,7 @@ class Extraction:
     def _encode_images(self, image_ids: list[str], parts: dict, meta: dict) -> None:
         """Append the grid tokens of `image_ids` to `parts`, one list per representation; their grids
         and layers go to `meta`."""
-        images = [load_rgb(self.refs[image_id].path) for image_id in image_ids]
+        images = [load_rgb(self.refs[image_id].path, max_pixels=self.max_image_pixels) for image_id in image_ids]
         outputs = self.backbone.encode_with_ids(images, image_ids, self.spec["prefix"], self.layers)
         meta["prompt"] = self.backbone.prompt_text(self.spec["prefix"])
         for image_id, output in zip(image_ids, outputs, strict=True):
