@@ -12,8 +12,10 @@ shell.prefix(
 )
 
 from imagekv import plan
-from imagekv.config import canonical_json, validate_config
+from imagekv.config import canonical_json, check_config_file, validate_config
 
+for path in workflow.configfiles:  # Snakemake's own reader keeps the last of duplicate keys
+    check_config_file(path)
 validate_config(config)
 
 RUN = config["run"]
