@@ -451,7 +451,8 @@ def test_a_partial_response_that_ignores_the_range_is_not_appended(tmp_path, ser
     fetch("davis", target, server, retry, davis_zip_source())
     half = f"bytes={len(body) // 2}-"
     assert server.requests == [("davis.zip", None), ("davis.zip", half), ("davis.zip", None)], "restarted, not appended"
-    assert read_lock(tmp_path / "real" / "datasets.lock.json")["davis/davis.zip"].sha256 == hashlib.sha256(body).hexdigest()
+    pinned = read_lock(tmp_path / "real" / "datasets.lock.json")["davis/davis.zip"]
+    assert pinned.sha256 == hashlib.sha256(body).hexdigest()
     assert (target / "JPEGImages/480p/clip/00000.jpg").read_bytes() == b"x" * 5000
 
 
@@ -482,7 +483,8 @@ def test_an_archive_of_another_kind_is_refused_before_unpacking(tmp_path, server
 
 def test_an_html_page_for_a_single_file_is_neither_installed_nor_pinned(tmp_path, server, retry):
     server.files["categories.txt"] = HTML
-    source = DatasetSource(name="cats", archives=(Archive(name="categories.txt", urls=("http://u.invalid",), kind="file"),))
+    archive = Archive(name="categories.txt", urls=("http://unused.invalid",), kind="file")
+    source = DatasetSource(name="cats", archives=(archive,))
     target = tmp_path / "real" / "cats"
     with pytest.raises(WrongContentError, match="categories.txt: expected categories.txt \\(file\\), got an HTML page"):
         fetch("cats", target, server, retry, source)
@@ -497,7 +499,8 @@ def test_a_file_failing_its_pin_is_not_reused_from_the_cache(tmp_path, server, r
     server.files["davis.zip"] = make_zip({**DAVIS_MEMBERS, "DAVIS/new.txt": b"corrupted in transit"})
     for attempt in (1, 2):  # each run downloads again: the refused file is not kept
         with pytest.raises(LockMismatchError):
-            fetch("davis", tmp_path / "b" / "davis", server, retry, davis_zip_source(), lock_path=lock, keep_downloads=True)
+            fetch("davis", tmp_path / "b" / "davis", server, retry, davis_zip_source(), lock_path=lock,
+                  keep_downloads=True)
         assert len(server.requests) == 1 + attempt
         assert list((tmp_path / "b" / ".downloads" / "davis").iterdir()) == []
 
@@ -512,7 +515,8 @@ def test_a_local_write_error_fails_at_once_naming_the_path(tmp_path, server):
         "root, url = Path(sys.argv[1]), sys.argv[2]\n"
         "source = DatasetSource(name='davis', archives=(Archive(name='davis.zip', urls=(url + '/davis.zip',), "
         "kind='zip', strip='DAVIS/'),))\n"
-        "fetch_dataset('davis', root / 'davis', {'davis': source}, root / 'lock.json', retry=RetryPolicy(sleep=print))\n"
+        "fetch_dataset('davis', root / 'davis', {'davis': source}, root / 'lock.json',\n"
+        "              retry=RetryPolicy(sleep=print))\n"
     )
 
     def limit_file_size() -> None:
@@ -524,7 +528,8 @@ def test_a_local_write_error_fails_at_once_naming_the_path(tmp_path, server):
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, preexec_fn=limit_file_size, timeout=120,
     )
     assert result.returncode != 0
-    assert re.search(r"LocalWriteError: \S*davis.zip.partial: cannot write the download to the local disk", result.stderr)
+    assert re.search(r"LocalWriteError: \S*davis.zip.partial: cannot write the download to the local disk",
+                     result.stderr)
     assert len(server.requests) == 1 and result.stdout == "", "no retry, no back-off"
     assert_nothing_installed(tmp_path / "davis")
 
@@ -561,5 +566,6 @@ def test_the_download_command_takes_verify_lock(tmp_path):
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert result.returncode != 0
-    assert "davis/DAVIS-2017-trainval-480p.zip: no published checksum and no pin in config/datasets.lock.json" in result.stderr
+    expected = "davis/DAVIS-2017-trainval-480p.zip: no published checksum and no pin in config/datasets.lock.json"
+    assert expected in result.stderr
     assert not (tmp_path / "data" / "real" / "davis").exists()

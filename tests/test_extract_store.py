@@ -111,7 +111,9 @@ def test_resume_after_a_crash_extracts_only_the_missing_images(refcoco, tmp_path
     monkeypatch.setattr(extract_module, "_save_shard", save_shard)
 
     decoded = []
-    monkeypatch.setattr(extract_module, "load_rgb", lambda path, **limits: decoded.append(path.stem) or load_rgb(path, **limits))
+    monkeypatch.setattr(
+        extract_module, "load_rgb", lambda path, **limits: decoded.append(path.stem) or load_rgb(path, **limits)
+    )
     extract(spec, manifest)
     all_ids = FeatureStore(manifest).image_ids
     assert decoded == list(all_ids[2:])  # the first shard's two images are not extracted again

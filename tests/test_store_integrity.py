@@ -34,6 +34,11 @@ def pristine(refcoco, tmp_path_factory) -> Path:
     return store
 
 
+def recording(decoded: list[str]):
+    """load_rgb, noting each image it decodes."""
+    return lambda path, **limits: decoded.append(path.stem) or load_rgb(path, **limits)
+
+
 def read_everything(store_dir: Path) -> None:
     store = FeatureStore(store_dir)
     for image_id in store.image_ids:
@@ -53,7 +58,10 @@ def flip_data_bytes(store: Path) -> str:
 
 def swap_token_ranges(store: Path) -> str:
     manifest = json.loads((store / "manifest.json").read_text())
-    first, second = sorted(image for image, entry in manifest["images"].items() if entry["shard"] == "00000.safetensors")
+    first, second = sorted(
+        image for image, entry in manifest["images"].items()
+        if entry["shard"] == "00000.safetensors"
+    )
     images = manifest["images"]
     images[first]["tokens"], images[second]["tokens"] = images[second]["tokens"], images[first]["tokens"]
     (store / "manifest.json").write_text(json.dumps(manifest))
@@ -160,7 +168,7 @@ def test_resume_redoes_only_the_damaged_staged_shards(refcoco, tmp_path, monkeyp
     monkeypatch.setattr(extract_module, "_save_shard", save_shard)
 
     decoded = []
-    monkeypatch.setattr(extract_module, "load_rgb", lambda path, **limits: decoded.append(path.stem) or load_rgb(path, **limits))
+    monkeypatch.setattr(extract_module, "load_rgb", recording(decoded))
     extract_store(spec, store)
     image_ids = FeatureStore(store).image_ids
     assert decoded == list(image_ids[1:]), "shard 00000 is kept, 00001 and 00002 are redone, 00003 done"
@@ -177,6 +185,6 @@ def test_a_staged_shard_without_its_record_is_redone(refcoco, tmp_path, monkeypa
     extract(spec, manifest)
     (manifest.parent / "shards" / "00000.safetensors.json").unlink()
     decoded = []
-    monkeypatch.setattr(extract_module, "load_rgb", lambda path, **limits: decoded.append(path.stem) or load_rgb(path, **limits))
+    monkeypatch.setattr(extract_module, "load_rgb", recording(decoded))
     extract(spec, manifest)
     assert decoded == list(FeatureStore(manifest).image_ids[:2])

@@ -46,7 +46,9 @@ def check_config_file(path: str | Path) -> dict:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 (byte {error.start}: {error.reason}); save the config as UTF-8") from error
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte {error.start}: {error.reason}); save the config as UTF-8"
+        ) from error
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except (yaml.YAMLError, _DuplicateKey) as error:

@@ -17,7 +17,8 @@ One tensor per representation and shard, rather than one per image, keeps the sa
 grid.
 
 Each shard is written atomically, then its record, so after a crash a rerun keeps every shard that
-still matches its record and extracts the missing or damaged ones. A changed spec or changed input files clear the shards.
+still matches its record and extracts the missing or damaged ones. A changed spec or changed input
+files clear the shards.
 Shards and manifest are deterministic (sorted order, no timestamps): two runs give identical bytes.
 """
 
@@ -211,7 +212,8 @@ class Extraction:
         if not path.exists():
             return False
         try:
-            if read_shard_metadata(path)["keys"] == list(shard.keys) and shard_record(path) == read_json(record_path(path)):
+            same_keys = read_shard_metadata(path)["keys"] == list(shard.keys)
+            if same_keys and shard_record(path) == read_json(record_path(path)):
                 return True
             problem = "it differs from its record"
         except (OSError, ValueError, KeyError) as error:

@@ -98,6 +98,10 @@ def shard_record(path: Path) -> dict:
             "header_sha256": hashlib.sha256(raw).hexdigest(), "tensors": record}
 
 
+def _dtypes_and_shapes(tensors: dict) -> dict:
+    return {name: {"dtype": entry["dtype"], "shape": entry["shape"]} for name, entry in tensors.items()}
+
+
 def _hash_bytes(handle, count: int, path: Path, *also) -> str:
     digest = hashlib.sha256()
     while count > 0:
@@ -195,8 +199,7 @@ class FeatureStore:
             raise StoreIntegrityError(f"{path}: the shard is missing") from error
         header, raw = read_header(path)
         metadata = header.pop("__metadata__")
-        stored = {name: {"dtype": entry["dtype"], "shape": entry["shape"]} for name, entry in header.items()}
-        recorded = {name: {"dtype": entry["dtype"], "shape": entry["shape"]} for name, entry in record["tensors"].items()}
+        stored, recorded = _dtypes_and_shapes(header), _dtypes_and_shapes(record["tensors"])
         dtype = SAFETENSORS_DTYPES[self.meta["store_dtype"]]
         if stored != recorded or any(entry["dtype"] != dtype for entry in stored.values()):
             raise StoreIntegrityError(f"{path} holds tensors {stored}; {self.manifest_path} records {recorded} "
@@ -205,7 +208,9 @@ class FeatureStore:
             raise StoreIntegrityError(f"{path} is {size} bytes; {self.manifest_path} records {record['size']} "
                                       "(truncated or rewritten)")
         if hashlib.sha256(raw).hexdigest() != record["header_sha256"]:
-            raise StoreIntegrityError(f"{path}: its safetensors header differs from the one {self.manifest_path} records")
+            raise StoreIntegrityError(
+                f"{path}: its safetensors header differs from the one {self.manifest_path} records"
+            )
         self._check_index(shard, path, metadata, {entry["shape"][1] for entry in stored.values()})
         return {name: (len(raw) + entry["data_offsets"][0], len(raw) + entry["data_offsets"][1])
                 for name, entry in header.items()}

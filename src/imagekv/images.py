@@ -56,7 +56,9 @@ def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
     if image.mode in SIXTEEN_BIT_MODES:
         samples = np.asarray(image, dtype=np.int64)
         if samples.size and (samples.min() < 0 or samples.max() > 65535):
-            raise ImageFileError(f"image {path} holds samples outside 0..65535 (mode {image.mode}); expected 8 or 16 bits")
+            raise ImageFileError(
+                f"image {path} holds samples outside 0..65535 (mode {image.mode}); expected 8 or 16 bits"
+            )
         return Image.fromarray(np.rint(samples / 257).astype(np.uint8)).convert("RGB")
     if image.mode == "F":
         raise ImageFileError(f"image {path} holds floating-point samples (mode F); expected 8- or 16-bit integers")

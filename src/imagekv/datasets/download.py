@@ -229,7 +229,7 @@ def verify_kind(archive: Archive, path: Path) -> None:
     html = HTML_START.match(head) is not None
     magic = MAGIC.get(archive.kind)
     if html or (magic and not any(head[offset : offset + len(tag)] == tag for offset, tag in magic)):
-        what = "an HTML page (an error or login page?)" if html else f"no {archive.kind} archive (it starts {head[:16]!r})"
+        what = "an HTML page (an error or login page?)" if html else f"no {archive.kind} archive (starts {head[:16]!r})"
         raise WrongContentError(f"{path}: expected {archive.name} ({archive.kind}), got {what}")
 
 
@@ -445,9 +445,8 @@ def _install_all(
         raise DownloadError(f"{source.name} needs files only you can supply (user_files): " + "; ".join(missing))
     known = read_lock(lock_path)
     if require_pin:
-        _refuse_unpinned(
-            [lock_key(source.name, a.name) for a in source.archives if a.md5 is None and a.sha256 is None], known, lock_path
-        )
+        unchecked = [lock_key(source.name, a.name) for a in source.archives if a.md5 is None and a.sha256 is None]
+        _refuse_unpinned(unchecked, known, lock_path)
     pinned: dict[str, LockEntry] = {}
     for archive in source.archives:
         local = obtain(archive, folder, base_url_override=base_url_override, user_files=user_files, retry=retry)
