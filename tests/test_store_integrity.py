@@ -188,3 +188,25 @@ def test_a_staged_shard_without_its_record_is_redone(refcoco, tmp_path, monkeypa
     monkeypatch.setattr(extract_module, "load_rgb", recording(decoded))
     extract(spec, manifest)
     assert decoded == list(FeatureStore(manifest).image_ids[:2])
+
+
+def truncate_manifest(store: Path) -> str:
+    manifest = store / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:300])
+    return "manifest.json: corrupt manifest"
+
+
+def drop_shard_records(store: Path) -> str:
+    manifest = json.loads((store / "manifest.json").read_text())
+    del manifest["shards"]
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    return r"manifest.json: corrupt manifest, no valid \['shards'\]"
+
+
+@pytest.mark.parametrize("tamper", [truncate_manifest, drop_shard_records], ids=lambda f: f.__name__)
+def test_a_corrupt_manifest_is_refused_naming_it(pristine, tmp_path, tamper):
+    store = tmp_path / "store"
+    shutil.copytree(pristine, store)
+    message = tamper(store)
+    with pytest.raises(StoreIntegrityError, match=message):
+        FeatureStore(store)

@@ -119,10 +119,18 @@ class FeatureStore:
         """`path`: a store's folder (as the extraction rule outputs it) or its manifest."""
         path = Path(path)
         self.manifest_path = path / MANIFEST if path.is_dir() else path
-        self.meta: dict = read_json(self.manifest_path)
-        if self.meta.get("format") != STORE_FORMAT:
-            raise ValueError(f"{self.manifest_path} is a feature store of format {self.meta.get('format', 1)}; this "
+        try:
+            self.meta: dict = read_json(self.manifest_path)
+        except ValueError as error:  # not JSON, not UTF-8
+            raise StoreIntegrityError(f"{self.manifest_path}: corrupt manifest ({error})") from error
+        if not isinstance(self.meta, dict) or self.meta.get("format") != STORE_FORMAT:
+            found = self.meta.get("format", 1) if isinstance(self.meta, dict) else "unknown"
+            raise ValueError(f"{self.manifest_path} is a feature store of format {found}; this "
                              f"code reads format {STORE_FORMAT}: delete the store and extract it again")
+        missing = [key for key in ("layers", "images", "texts", "shards", "representations", "store_dtype")
+                   if not isinstance(self.meta.get(key), (list, dict, str))]
+        if missing:
+            raise StoreIntegrityError(f"{self.manifest_path}: corrupt manifest, no valid {missing}")
         self.layers: tuple[int, ...] = tuple(self.meta["layers"])
         self.image_ids: tuple[str, ...] = tuple(sorted(self.meta["images"]))
         self._shard_dir = self.manifest_path.parent / SHARD_DIR
