@@ -53,7 +53,16 @@ def flip_data_bytes(store: Path) -> str:
     data = bytearray(shard.read_bytes())
     data[len(read_header(shard)[1]) + 10] ^= 0xFF  # a byte of the first tensor, after the header
     shard.write_bytes(bytes(data))
-    return r"00001.safetensors: the bytes of tensor '\w+' do not match"
+    return r"00001.safetensors: the bytes of tensor '\w+' rows of '\w+' do not match"
+
+
+def flip_the_last_byte(store: Path) -> str:
+    """The last layer's row of the last text: every row of every layer is covered."""
+    shard = store / "shards" / "00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    return r"00002.safetensors: the bytes of tensor 'values' rows of '.+' do not match"
 
 
 def swap_token_ranges(store: Path) -> str:
@@ -132,7 +141,7 @@ def escape_shard_name(store: Path) -> str:
     return r"manifest.json: bad shard names \['../../x.safetensors'\]"
 
 
-TAMPERS = [flip_data_bytes, swap_token_ranges, swap_text_rows, move_image_to_another_shard, store_as_int8, truncate,
+TAMPERS = [flip_data_bytes, flip_the_last_byte, swap_token_ranges, swap_text_rows, move_image_to_another_shard, store_as_int8, truncate,
            corrupt_header, garbage_header_length, edit_header_metadata, delete_shard, escape_shard_name]
 
 

@@ -4,11 +4,12 @@ Shards are opened lazily and memory-mapped; only the token rows of the image or 
 read, and at most `open_shards` shards stay open, so memory stays flat however many images a probe
 walks through.
 
-A store verifies itself. The manifest records each shard's size, the sha256 of the whole file, of
-its safetensors header and of each tensor's bytes, and each tensor's dtype and shape. When a store
-first opens a shard it checks the size, the header and every token range and text row the
-manifest gives against the keys and grids the shard itself holds; the first read of a tensor in a
-process hashes its bytes. A mismatch raises StoreIntegrityError naming the shard.
+A store verifies itself. The manifest records each shard's size, the sha256 of the whole file and
+of its safetensors header, each tensor's dtype and shape, and the sha256 of each image's (or
+text's) rows in each tensor. When a store first opens a shard it checks the size, the header and
+every token range and text row the manifest gives against the keys and grids the shard itself
+holds; every read hashes the rows it returns (once per rows and process), so verification costs
+no extra disk reads. A mismatch raises StoreIntegrityError naming the shard.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ SHARD_NAME = re.compile(r"\d{5}\.safetensors")
 SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
 CHUNK_BYTES = 1 << 22
-# (path, inode, size, mtime, tensor, sha256) of tensors already hashed in this process
-_VERIFIED_TENSORS: set[tuple] = set()
+# (path, inode, size, mtime, tensor, first row, sha256) of rows already hashed in this process
+_VERIFIED_ROWS: set[tuple] = set()
 
 
 class StoreIntegrityError(ValueError):
@@ -76,9 +77,23 @@ def read_shard_metadata(path: Path) -> dict:
     return read_header(path)[0]["__metadata__"]
 
 
+def key_rows(metadata: dict) -> list[tuple[int, int]]:
+    """Token rows start:stop of each key of a shard, in storage order: an image's grid, a text's one row."""
+    rows, start = [], 0
+    for key in metadata["keys"]:
+        count = metadata["grids"][key][0] * metadata["grids"][key][1] if metadata["kind"] == "images" else 1
+        rows.append((start, start + count))
+        start += count
+    return rows
+
+
 def shard_record(path: Path) -> dict:
-    """What the manifest records of a shard, from one pass over its bytes."""
+    """What the manifest records of a shard, from one sequential pass over its bytes: per tensor,
+    the sha256 of each key's rows across all layers, in the order a [:, start:stop] slice holds them."""
     header, raw = read_header(path)
+    rows = key_rows(header["__metadata__"])
+    if not rows:
+        raise StoreIntegrityError(f"{path}: its metadata lists no keys")
     tensors = sorted(((name, entry) for name, entry in header.items() if name != "__metadata__"),
                      key=lambda item: item[1]["data_offsets"])
     whole, record = hashlib.sha256(raw), {}
@@ -87,10 +102,17 @@ def shard_record(path: Path) -> dict:
         position = 0
         for name, entry in tensors:
             start, stop = entry["data_offsets"]
-            if start != position:
-                raise StoreIntegrityError(f"{path}: tensor {name!r} starts at byte {start}, expected {position}")
-            digest = _hash_bytes(handle, stop - start, path, whole)
-            record[name] = {"dtype": entry["dtype"], "shape": entry["shape"], "sha256": digest}
+            layers, tokens = (entry["shape"] + [0, 0])[:2]
+            row_bytes = (stop - start) // max(layers * tokens, 1)
+            if start != position or len(entry["shape"]) != 3 or tokens != rows[-1][1] or \
+                    row_bytes * layers * tokens != stop - start:
+                raise StoreIntegrityError(f"{path}: tensor {name!r} ({entry['shape']} at bytes {start}:{stop}) does "
+                                          f"not hold the {rows[-1][1]} token rows of its keys, from byte {position}")
+            digests = [hashlib.sha256() for _ in rows]
+            for _ in range(layers):  # layer-major: each layer holds every key's rows in turn
+                for digest, (first, last) in zip(digests, rows):
+                    _hash_bytes(handle, (last - first) * row_bytes, path, digest, whole)
+            record[name] = {"dtype": entry["dtype"], "shape": entry["shape"], "rows": [d.hexdigest() for d in digests]}
             position = stop
         if handle.read(1):
             raise StoreIntegrityError(f"{path}: bytes after its last tensor")
@@ -102,16 +124,14 @@ def _dtypes_and_shapes(tensors: dict) -> dict:
     return {name: {"dtype": entry["dtype"], "shape": entry["shape"]} for name, entry in tensors.items()}
 
 
-def _hash_bytes(handle, count: int, path: Path, *also) -> str:
-    digest = hashlib.sha256()
+def _hash_bytes(handle, count: int, path: Path, *digests) -> None:
     while count > 0:
         chunk = handle.read(min(count, CHUNK_BYTES))
         if not chunk:
             raise StoreIntegrityError(f"{path}: truncated (the file ends {count} bytes early)")
-        for each in (digest, *also):
-            each.update(chunk)
+        for digest in digests:
+            digest.update(chunk)
         count -= len(chunk)
-    return digest.hexdigest()
 
 
 class FeatureStore:
@@ -142,7 +162,7 @@ class FeatureStore:
             raise StoreIntegrityError(f"{self.manifest_path}: bad shard names {bad} or store_dtype "
                                       f"{self.meta['store_dtype']!r}; expected NNNNN.safetensors and one of "
                                       f"{sorted(SAFETENSORS_DTYPES)}")
-        self._tensor_bytes: dict[str, dict[str, tuple[int, int]]] = {}  # per checked shard: file offsets
+        self._rows: dict[str, dict[int, tuple[int, str]]] = {}  # per checked shard: first row -> (key index, key)
 
     def grid(self, image_id: str) -> TokenGrid:
         return TokenGrid(*self._image_entry(image_id)["grid"])
@@ -187,17 +207,18 @@ class FeatureStore:
         if shard in self._handles:
             self._handles.move_to_end(shard)
         else:
-            if shard not in self._tensor_bytes:
-                self._tensor_bytes[shard] = self._check_shard(shard)
+            if shard not in self._rows:
+                self._rows[shard] = self._check_shard(shard)
             self._handles[shard] = safe_open(str(self._shard_dir / shard), framework="pt")
             if len(self._handles) > self._open_shards:
                 self._handles.popitem(last=False)
-        self._check_tensor(shard, tensor)
-        return self._handles[shard].get_slice(tensor)[:, start:stop]
+        rows = self._handles[shard].get_slice(tensor)[:, start:stop]
+        self._check_rows(shard, tensor, start, rows)
+        return rows
 
-    def _check_shard(self, shard: str) -> dict[str, tuple[int, int]]:
+    def _check_shard(self, shard: str) -> dict[int, tuple[int, str]]:
         """Size, header, dtypes, shapes, token ranges and text rows of `shard` against the manifest;
-        returns where each tensor's bytes lie in the file."""
+        returns the first row of each key -> the key's index and name."""
         path, record = self._shard_dir / shard, self._records.get(shard)
         if record is None:
             raise StoreIntegrityError(f"{self.manifest_path} refers to shard {shard} but records no hash of it")
@@ -220,20 +241,18 @@ class FeatureStore:
                 f"{path}: its safetensors header differs from the one {self.manifest_path} records"
             )
         self._check_index(shard, path, metadata, {entry["shape"][1] for entry in stored.values()})
-        return {name: (len(raw) + entry["data_offsets"][0], len(raw) + entry["data_offsets"][1])
-                for name, entry in header.items()}
+        spans = zip(metadata["keys"], key_rows(metadata))
+        return {first: (index, key) for index, (key, (first, _)) in enumerate(spans)}
 
     def _check_index(self, shard: str, path: Path, metadata: dict, token_counts: set[int]) -> None:
         """The manifest's entries of `shard` must be exactly those its keys and grids give."""
-        expected, start = {}, 0
-        for row, key in enumerate(metadata["keys"]):
-            if metadata["kind"] == "images":
-                grid = metadata["grids"][key]
-                expected[key] = {"grid": grid, "tokens": [start, start + grid[0] * grid[1]]}
-                start += grid[0] * grid[1]
-            else:
-                expected[key] = {"row": row}
-                start += 1
+        rows = key_rows(metadata)
+        if metadata["kind"] == "images":
+            expected = {key: {"grid": metadata["grids"][key], "tokens": list(span)}
+                        for key, span in zip(metadata["keys"], rows)}
+        else:
+            expected = {key: {"row": row} for row, key in enumerate(metadata["keys"])}
+        start = rows[-1][1] if rows else 0
         entries = self.meta["images" if metadata["kind"] == "images" else "texts"]
         claimed = {key: {k: v for k, v in entry.items() if k != "shard"}
                    for key, entry in entries.items() if entry["shard"] == shard}
@@ -244,22 +263,19 @@ class FeatureStore:
                 f"which holds {len(expected)} {metadata['kind']} in {sorted(token_counts)} rows"
             )
 
-    def _check_tensor(self, shard: str, tensor: str) -> None:
-        """Hash a tensor's bytes against the manifest, once per file version and process."""
+    def _check_rows(self, shard: str, tensor: str, start: int, rows: torch.Tensor) -> None:
+        """Hash the rows a read returns against the manifest, once per file version and process."""
         path = self._shard_dir / shard
-        expected = self._records[shard]["tensors"][tensor]["sha256"]
+        index, name = self._rows[shard][start]  # start: a checked token range or text row of this shard
+        expected = self._records[shard]["tensors"][tensor]["rows"][index]
         status = path.stat()
-        key = (str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns, tensor, expected)
-        if key in _VERIFIED_TENSORS:
+        seen = (str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns, tensor, start, expected)
+        if seen in _VERIFIED_ROWS:
             return
-        start, stop = self._tensor_bytes[shard][tensor]
-        with open(path, "rb") as handle:
-            handle.seek(start)
-            actual = _hash_bytes(handle, stop - start, path)
-        if actual != expected:
-            raise StoreIntegrityError(f"{path}: the bytes of tensor {tensor!r} do not match the sha256 "
-                                      f"{self.manifest_path} records; the shard is damaged: extract the store again")
-        _VERIFIED_TENSORS.add(key)
+        if hashlib.sha256(rows.contiguous().view(torch.uint8).numpy()).hexdigest() != expected:
+            raise StoreIntegrityError(f"{path}: the bytes of tensor {tensor!r} rows of {name!r} do not match the "
+                                      f"sha256 {self.manifest_path} records; the shard is damaged: extract it again")
+        _VERIFIED_ROWS.add(seen)
 
 
 class FeatureView:
