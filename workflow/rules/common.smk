@@ -14,7 +14,8 @@ shell.prefix(
 from imagekv import plan
 from imagekv.config import canonical_json, check_config_file, validate_config
 
-for path in workflow.configfiles:  # Snakemake's own reader keeps the last of duplicate keys
+# Snakemake's own reader keeps the last of duplicate keys.
+for path in workflow.configfiles:
     check_config_file(path)
 validate_config(config)
 
