@@ -462,7 +462,7 @@ HTML = b"<!DOCTYPE html>\n<html><body>Please sign in to download this file.</bod
 def test_an_html_page_for_an_archive_is_refused_dropped_and_fetched_again(tmp_path, server, retry):
     server.files["davis.zip"] = HTML
     target = tmp_path / "real" / "davis"
-    with pytest.raises(WrongContentError, match=r"davis.zip: expected davis.zip \(zip\), got an HTML page"):
+    with pytest.raises(WrongContentError, match=r"davis.zip: expected davis.zip \(zip\), got an HTML or XML page"):
         fetch("davis", target, server, retry, davis_zip_source())
     assert_nothing_installed(target)
     assert not (tmp_path / "real" / "datasets.lock.json").exists()
@@ -486,7 +486,8 @@ def test_an_html_page_for_a_single_file_is_neither_installed_nor_pinned(tmp_path
     archive = Archive(name="categories.txt", urls=("http://unused.invalid",), kind="file")
     source = DatasetSource(name="cats", archives=(archive,))
     target = tmp_path / "real" / "cats"
-    with pytest.raises(WrongContentError, match="categories.txt: expected categories.txt \\(file\\), got an HTML page"):
+    message = r"categories.txt: expected categories.txt \(file\), got an HTML or XML page"
+    with pytest.raises(WrongContentError, match=message):
         fetch("cats", target, server, retry, source)
     assert_nothing_installed(target)
     assert not (tmp_path / "real" / "datasets.lock.json").exists()

@@ -223,14 +223,14 @@ def obtain(
 
 
 def verify_kind(archive: Archive, path: Path) -> None:
-    """`path` starts like an archive of its kind, and a single file is not an HTML page."""
+    """`path` starts like an archive of its kind, and no file is an HTML or XML page (a server's error or login page)."""
     with open(path, "rb") as handle:
         head = handle.read(1024)
     html = HTML_START.match(head) is not None
     magic = MAGIC.get(archive.kind)
     if html or (magic and not any(head[offset : offset + len(tag)] == tag for offset, tag in magic)):
-        what = "an HTML page (an error or login page?)" if html else f"no {archive.kind} archive (starts {head[:16]!r})"
-        raise WrongContentError(f"{path}: expected {archive.name} ({archive.kind}), got {what}")
+        what = "an HTML or XML page (an error or login page?)" if html else f"no {archive.kind} archive"
+        raise WrongContentError(f"{path}: expected {archive.name} ({archive.kind}), got {what}; starts {head[:16]!r}")
 
 
 def verify_published(archive: Archive, path: Path) -> None:
