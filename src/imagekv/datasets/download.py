@@ -223,7 +223,7 @@ def obtain(
 
 
 def verify_kind(archive: Archive, path: Path) -> None:
-    """`path` starts like an archive of its kind, and no file is an HTML or XML page (a server's error or login page)."""
+    """`path` starts like an archive of its kind, and is no HTML or XML page (a server's error or login page)."""
     with open(path, "rb") as handle:
         head = handle.read(1024)
     html = HTML_START.match(head) is not None
