@@ -1,10 +1,11 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from imagekv import plan
-from imagekv.config import ConfigError, spec_hash, validate_config
+from imagekv.config import ConfigError, check_config_file, spec_hash, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = [ROOT / "config" / "config.yaml", ROOT / "config" / "paper.yaml"]
@@ -43,3 +44,55 @@ def test_paper_and_smoke_runs_write_to_different_paths():
 def test_spec_hash_is_stable_and_order_free():
     assert spec_hash({"a": 1, "b": [1, 2]}) == spec_hash({"b": [1, 2], "a": 1})
     assert spec_hash({"a": 1}) != spec_hash({"a": 2})
+
+
+# --- Config files read strictly, names that become paths, strings that reach jobs -------------
+
+
+def test_a_key_given_twice_is_refused_naming_file_key_and_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("run: smoke\nextraction:\n  batch_size: 4\n  layers: all\n  batch_size: 8\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: line 5: key 'batch_size' is given twice \(first on line 3\)"):
+        check_config_file(path)
+
+
+def test_a_config_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 \(byte 8"):
+        check_config_file(path)
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_read_strictly_as_snakemake_reads_them(path):
+    assert check_config_file(path) == yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("a/../../x", "", r"prefixes: 'a/../../x' does not match"),
+        ("..", "", r"prefixes: '..' does not match"),
+        ("p" * 65, "", r"prefixes: 'p{65}' does not match"),
+        ("long", "x" * 200_000, r"prefixes.long: 200000 characters, more than the 4096 allowed"),
+        ("lone", "\ud800", r"prefixes.lone: not encodable as UTF-8"),
+    ],
+    ids=["path_escape", "dot_dot", "name_too_long", "value_too_long", "lone_surrogate"],
+)
+def test_prefixes_that_would_break_paths_or_jobs_are_named(name, value, message):
+    config = load("config.yaml")
+    config["prefixes"][name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_the_workflow_refuses_a_config_with_a_duplicate_key(tmp_path):
+    """Through Snakemake: its own reader keeps the last value; the workflow stops and names the file."""
+    from workflow_runs import fresh_copy, snakemake
+
+    project = fresh_copy(tmp_path / "project")
+    text = (ROOT / "config" / "config.yaml").read_text(encoding="utf-8")
+    (project / "dup.yaml").write_text(text + "\nseed: 7\n", encoding="utf-8")
+    result = snakemake(["--dry-run", "--configfile", "dup.yaml"], project, timeout=300)
+    assert result.returncode != 0
+    assert re.search(r"dup.yaml: line \d+: key 'seed' is given twice", result.stdout + result.stderr)

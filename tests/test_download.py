@@ -12,9 +12,15 @@ import hashlib
 import http.server
 import io
 import json
+import logging
+import os
 import pickle
 import re
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -29,6 +35,7 @@ from imagekv.datasets.download import (
     DownloadError,
     RetryPolicy,
     UnsafeArchiveError,
+    WrongContentError,
     fetch_dataset,
 )
 from imagekv.datasets.lockfile import LockMismatchError, read_lock
@@ -42,12 +49,14 @@ from smoke_config import SMOKE_DATASETS as SMOKE
 
 
 class Server:
-    """Serves `files` by name; `fail[name]` 503s left, `drop[name]` bytes to send before hanging up once."""
+    """Serves `files` by name; `fail[name]` 503s left, `drop[name]` bytes to send before hanging up once,
+    `ignore_range`: names whose partial responses start at byte 0 whatever was asked."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.fail: dict[str, int] = {}
         self.drop: dict[str, int] = {}
+        self.ignore_range: set[str] = set()  # answer a Range request with 206 and the whole file
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -65,7 +74,7 @@ class Server:
                 body, start = server.files[name], 0
                 match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
                 if match:
-                    start = int(match.group(1))
+                    start = 0 if name in server.ignore_range else int(match.group(1))
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
@@ -399,3 +408,138 @@ def test_blink_offline_gives_a_clear_error(tmp_path, monkeypatch, retry):
     ):
         fetch_dataset("blink", target, lock_path=tmp_path / "lock.json", retry=retry)
     assert_nothing_installed(target)
+
+
+# --- Integrity of what is received --------------------------------------------------------------
+
+
+def test_a_partial_response_that_ignores_the_range_is_not_appended(tmp_path, server, retry, sleeps):
+    body = make_zip(DAVIS_MEMBERS)
+    server.files["davis.zip"], server.drop["davis.zip"] = body, len(body) // 2
+    target = tmp_path / "real" / "davis"
+    once = RetryPolicy(attempts=1, timeout_seconds=5, sleep=sleeps.append)
+    with pytest.raises(DownloadError, match="download failed after 1 attempt"):
+        fetch("davis", target, server, once, davis_zip_source())
+    server.ignore_range.add("davis.zip")
+    fetch("davis", target, server, retry, davis_zip_source())
+    half = f"bytes={len(body) // 2}-"
+    assert server.requests == [("davis.zip", None), ("davis.zip", half), ("davis.zip", None)], "restarted, not appended"
+    pinned = read_lock(tmp_path / "real" / "datasets.lock.json")["davis/davis.zip"]
+    assert pinned.sha256 == hashlib.sha256(body).hexdigest()
+    assert (target / "JPEGImages/480p/clip/00000.jpg").read_bytes() == b"x" * 5000
+
+
+HTML = b"<!DOCTYPE html>\n<html><body>Please sign in to download this file.</body></html>\n"
+
+
+def test_an_html_page_for_an_archive_is_refused_dropped_and_fetched_again(tmp_path, server, retry):
+    server.files["davis.zip"] = HTML
+    target = tmp_path / "real" / "davis"
+    with pytest.raises(WrongContentError, match=r"davis.zip: expected davis.zip \(zip\), got an HTML or XML page"):
+        fetch("davis", target, server, retry, davis_zip_source())
+    assert_nothing_installed(target)
+    assert not (tmp_path / "real" / "datasets.lock.json").exists()
+    assert list((tmp_path / "real" / ".downloads" / "davis").iterdir()) == [], "the page is not kept in the cache"
+    server.files["davis.zip"] = make_zip(DAVIS_MEMBERS)  # the publisher fixed the link
+    fetch("davis", target, server, retry, davis_zip_source())
+    assert len(server.requests) == 2 and (target / COMPLETE_MARKER).exists()
+
+
+@pytest.mark.parametrize("kind, body", [("tgz", make_tar(DAVIS_MEMBERS)), ("tar", make_zip(DAVIS_MEMBERS)),
+                                        ("zip", b"\x00" * 600)])
+def test_an_archive_of_another_kind_is_refused_before_unpacking(tmp_path, server, retry, kind, body):
+    server.files["davis.zip"] = body
+    with pytest.raises(WrongContentError, match=rf"davis.zip: expected davis.zip \({kind}\), got no {kind} archive"):
+        fetch("davis", tmp_path / "real" / "davis", server, retry, davis_zip_source(kind=kind))
+    assert not (tmp_path / "real" / "datasets.lock.json").exists()
+
+
+def test_an_html_page_for_a_single_file_is_neither_installed_nor_pinned(tmp_path, server, retry):
+    server.files["categories.txt"] = HTML
+    archive = Archive(name="categories.txt", urls=("http://unused.invalid",), kind="file")
+    source = DatasetSource(name="cats", archives=(archive,))
+    target = tmp_path / "real" / "cats"
+    message = r"categories.txt: expected categories.txt \(file\), got an HTML or XML page"
+    with pytest.raises(WrongContentError, match=message):
+        fetch("cats", target, server, retry, source)
+    assert_nothing_installed(target)
+    assert not (tmp_path / "real" / "datasets.lock.json").exists()
+
+
+def test_a_file_failing_its_pin_is_not_reused_from_the_cache(tmp_path, server, retry):
+    server.files["davis.zip"] = make_zip(DAVIS_MEMBERS)
+    lock = tmp_path / "datasets.lock.json"
+    fetch("davis", tmp_path / "a" / "davis", server, retry, davis_zip_source(), lock_path=lock)
+    server.files["davis.zip"] = make_zip({**DAVIS_MEMBERS, "DAVIS/new.txt": b"corrupted in transit"})
+    for attempt in (1, 2):  # each run downloads again: the refused file is not kept
+        with pytest.raises(LockMismatchError):
+            fetch("davis", tmp_path / "b" / "davis", server, retry, davis_zip_source(), lock_path=lock,
+                  keep_downloads=True)
+        assert len(server.requests) == 1 + attempt
+        assert list((tmp_path / "b" / ".downloads" / "davis").iterdir()) == []
+
+
+def test_a_local_write_error_fails_at_once_naming_the_path(tmp_path, server):
+    """A file-size limit makes the disk refuse the write, as a full disk would; it is not retried."""
+    server.files["davis.zip"] = make_zip(DAVIS_MEMBERS)
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from imagekv.datasets.download import RetryPolicy, fetch_dataset\n"
+        "from imagekv.datasets.sources import Archive, DatasetSource\n"
+        "root, url = Path(sys.argv[1]), sys.argv[2]\n"
+        "source = DatasetSource(name='davis', archives=(Archive(name='davis.zip', urls=(url + '/davis.zip',), "
+        "kind='zip', strip='DAVIS/'),))\n"
+        "fetch_dataset('davis', root / 'davis', {'davis': source}, root / 'lock.json',\n"
+        "              retry=RetryPolicy(sleep=print))\n"
+    )
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), server.url], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, preexec_fn=limit_file_size, timeout=120,
+    )
+    assert result.returncode != 0
+    assert re.search(r"LocalWriteError: \S*davis.zip.partial: cannot write the download to the local disk",
+                     result.stderr)
+    assert len(server.requests) == 1 and result.stdout == "", "no retry, no back-off"
+    assert_nothing_installed(tmp_path / "davis")
+
+
+def test_a_first_download_is_trusted_and_pinned_and_the_log_says_so(tmp_path, server, retry, caplog):
+    server.files["davis.zip"] = make_zip(DAVIS_MEMBERS)
+    lock = tmp_path / "datasets.lock.json"
+    with caplog.at_level(logging.WARNING, logger="imagekv.datasets.download"):
+        fetch("davis", tmp_path / "a" / "davis", server, retry, davis_zip_source(), lock_path=lock)
+    assert re.search(r"davis/davis.zip has no published checksum .* TRUSTING THIS FIRST DOWNLOAD", caplog.text)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="imagekv.datasets.download"):
+        fetch("davis", tmp_path / "b" / "davis", server, retry, davis_zip_source(), lock_path=lock)
+    assert "TRUSTING" not in caplog.text, "a pinned file is verified, not trusted"
+
+
+def test_verify_lock_refuses_an_unpinned_download_before_fetching(tmp_path, server, retry):
+    server.files["davis.zip"] = make_zip(DAVIS_MEMBERS)
+    lock = tmp_path / "datasets.lock.json"
+    with pytest.raises(DownloadError, match=r"davis/davis.zip: no published checksum and no pin in .*--verify-lock"):
+        fetch("davis", tmp_path / "a" / "davis", server, retry, davis_zip_source(), lock_path=lock, require_pin=True)
+    assert server.requests == [] and not lock.exists()
+    fetch("davis", tmp_path / "a" / "davis", server, retry, davis_zip_source(), lock_path=lock)
+    fetch("davis", tmp_path / "b" / "davis", server, retry, davis_zip_source(), lock_path=lock, require_pin=True)
+    assert (tmp_path / "b" / "davis" / COMPLETE_MARKER).exists()
+
+
+def test_the_download_command_takes_verify_lock(tmp_path):
+    """Through the real entry point, with the real catalogue and an empty lock: refused, no request."""
+    spec = json.dumps({"dataset": "davis", "user_files": {}})
+    result = subprocess.run(
+        [sys.executable, "-m", "imagekv", "download", "--spec", spec, "--output", "data/real/davis", "--verify-lock"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode != 0
+    expected = "davis/DAVIS-2017-trainval-480p.zip: no published checksum and no pin in config/datasets.lock.json"
+    assert expected in result.stderr
+    assert not (tmp_path / "data" / "real" / "davis").exists()

@@ -36,6 +36,7 @@ def make_spec(root: Path, model: str = "oracle", model_cfg: dict | None = None, 
         "dataset": "refcoco", "dataset_root": str(root), "dataset_cfg": {},
         "prefix": "", "prefix_name": "none", "layers": "all", "store": ["values"], "store_format": STORE_FORMAT,
         "batch_size": 2, "device": "cpu", "dtype": "float32", "store_dtype": "float16", "images_per_shard": 2,
+        "max_image_pixels": 40_000_000,
     }
     return {**spec, **overrides}
 
@@ -114,7 +115,9 @@ def test_resume_after_a_crash_extracts_only_the_missing_images(refcoco, tmp_path
     monkeypatch.setattr(extract_module, "_save_shard", save_shard)
 
     decoded = []
-    monkeypatch.setattr(extract_module, "load_rgb", lambda path: decoded.append(path.stem) or load_rgb(path))
+    monkeypatch.setattr(
+        extract_module, "load_rgb", lambda path, **limits: decoded.append(path.stem) or load_rgb(path, **limits)
+    )
     extract(spec, manifest)
     all_ids = FeatureStore(manifest).image_ids
     assert decoded == list(all_ids[2:])  # the first shard's two images are not extracted again

@@ -49,7 +49,7 @@ def download(args: argparse.Namespace) -> None:
     from imagekv.datasets.download import fetch_dataset
 
     spec = json.loads(args.spec)
-    fetch_dataset(spec["dataset"], Path(args.output), user_files=spec["user_files"])
+    fetch_dataset(spec["dataset"], Path(args.output), user_files=spec["user_files"], require_pin=args.verify_lock)
 
 
 def check_dataset(args: argparse.Namespace) -> None:
@@ -171,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("synthesize", synthesize).add_argument("--output", required=True)
-    command("download", download).add_argument("--output", required=True)
+    sub = command("download", download)
+    sub.add_argument("--output", required=True)
+    sub.add_argument("--verify-lock", action="store_true", default=os.environ.get("IMAGEKV_VERIFY_LOCK") == "1",
+                     help="refuse any file with neither a publisher checksum nor a pin in config/datasets.lock.json "
+                     "(default on when IMAGEKV_VERIFY_LOCK=1, which reaches the workflow's download jobs)")
     command("check-dataset", check_dataset).add_argument("--output", required=True, help="the check's record (JSON)")
     sub = command("extract", extract, threads=True)
     sub.add_argument("--output", required=True, help="the feature store's folder")

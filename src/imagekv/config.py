@@ -1,7 +1,9 @@
 """Config validation against workflow/schemas/config.schema.yaml, and stable hashes of specs.
 
 Snakemake's own `validate` reports the first schema error in jsonschema's words; this one names the
-offending key as a dotted path (`probes.fewshot_seg.shots`) so a typo is found at once.
+offending key as a dotted path (`probes.fewshot_seg.shots`) so a typo is found at once. Config files
+are also read strictly (`check_config_file`): UTF-8 only, and a key given twice in one mapping is an
+error (YAML loaders silently keep the last one).
 """
 
 from __future__ import annotations
@@ -18,7 +20,39 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 
 
 class ConfigError(ValueError):
-    """A config value that does not match the schema; the message names the key."""
+    """A config value that does not match the schema; the message names the key (and file)."""
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            if key in first_line:
+                raise _DuplicateKey(f"line {line}: key {key!r} is given twice (first on line {first_line[key]})")
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def check_config_file(path: str | Path) -> dict:
+    """The config at `path`, read strictly: UTF-8, valid YAML, no duplicate keys."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte {error.start}: {error.reason}); save the config as UTF-8"
+        ) from error
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except (yaml.YAMLError, _DuplicateKey) as error:
+        raise ConfigError(f"{path}: {error}") from error
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
@@ -30,8 +64,27 @@ def validate_config(config: dict, schema: dict | None = None) -> None:
     """Raise ConfigError listing every problem, each with the dotted key it concerns."""
     validator = jsonschema.Draft202012Validator(schema or load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid config:\n" + "\n".join(_describe(e) for e in errors))
+    problems = [_describe(e) for e in errors] + [f"  {key}: not encodable as UTF-8" for key in _unencodable(config)]
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(problems))
+
+
+def _unencodable(value: Any, path: str = "") -> list[str]:
+    """Dotted keys of strings (keys or values) UTF-8 cannot encode: lone surrogates from escapes."""
+    if isinstance(value, dict):
+        return [
+            bad
+            for key, item in value.items()
+            for bad in _unencodable(key, path) + _unencodable(item, _join(path, str(key)))
+        ]
+    if isinstance(value, list):
+        return [bad for index, item in enumerate(value) for bad in _unencodable(item, _join(path, str(index)))]
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return [path or "<top level>"]
+    return []
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -39,6 +92,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         return "\n".join(f"  {_join(path, key)}: unknown key" for key in extra)
+    if error.validator == "maxLength":  # jsonschema's message repeats the whole value
+        return f"  {path}: {len(error.instance)} characters, more than the {error.validator_value} allowed"
     return f"  {path or '<top level>'}: {error.message}"
 
 

@@ -5,16 +5,20 @@ Layout beside the manifest:
     shards/NNNNN.safetensors    a run of images (sorted by id): one tensor per representation,
                                 [layers, tokens, C], the images' grid tokens one image after another
                                 (raster order within each); then the dataset's query texts: one
-                                `values` tensor [layers, texts, C]
+                                `values` tensor [layers, texts, C]. Its metadata lists its keys
+    shards/NNNNN.safetensors.json  the shard's record: size, sha256 of the file, of its header and
+                                of each tensor, dtypes and shapes (see imagekv.features.shard_record)
     manifest.json               the index, written last: its presence means the store is complete.
-                                Per image its shard, grid and token range; per text its shard and row
+                                Per image its shard, grid and token range; per text its shard and
+                                row; per shard its record
 
 One tensor per representation and shard, rather than one per image, keeps the safetensors header
 (one JSON entry per tensor) out of the stored bytes: they stay at the fp16 minimum however small the
 grid.
 
-Each shard is written atomically, so after a crash every shard on disk is complete: a rerun keeps
-them and extracts only the missing ones. A changed spec or changed input files clear the shards.
+Each shard is written atomically, then its record, so after a crash a rerun keeps every shard that
+still matches its record and extracts the missing or damaged ones. A changed spec or changed input
+files clear the shards.
 Shards and manifest are deterministic (sorted order, no timestamps): two runs give identical bytes.
 """
 
@@ -34,23 +38,30 @@ from pathlib import Path
 import safetensors
 import torch
 import transformers
-from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from imagekv.config import canonical_json, spec_hash
 from imagekv.datasets import load_dataset
 from imagekv.datasets.schema import Dataset
-from imagekv.features import MANIFEST, SHARD_DIR, STORE_FORMAT
+from imagekv.features import (
+    MANIFEST,
+    METADATA_KEY,
+    RECORD_SUFFIX,
+    SHARD_DIR,
+    STORE_FORMAT,
+    read_shard_metadata,
+    record_path,
+    shard_record,
+)
 from imagekv.images import load_rgb
-from imagekv.io import atomic_path, write_json
+from imagekv.io import atomic_path, read_json, write_json
 from imagekv.models.base import Backbone
 from imagekv.models.registry import build_backbone
 
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
-METADATA_KEY = "imagekv"  # one metadata entry: safetensors writes several in random order
 TEXTS_PER_SHARD = 1024
 REPRESENTATIONS = ("values", "keys", "projection")
 # Appends one batch's token rows, [layers, tokens, C], to a shard's list per stored tensor, and the
@@ -122,6 +133,7 @@ class Extraction:
         self.store_dtype = _dtype(spec["store_dtype"], "store_dtype")
         self.batch_size = _positive(spec, "batch_size")
         self.images_per_shard = _positive(spec, "images_per_shard")
+        self.max_image_pixels = _positive(spec, "max_image_pixels")
         self.device = resolve_device(spec["device"])
         self.dtype = resolve_dtype(spec["dtype"], self.device)
 
@@ -152,8 +164,8 @@ class Extraction:
 
     def run(self) -> None:
         shards = self.plan()
-        self._prepare_shard_dir({shard.name for shard in shards})
-        done = {shard.name for shard in shards if (self.shard_dir / shard.name).exists()}
+        self._prepare_shard_dir({name for shard in shards for name in (shard.name, shard.name + RECORD_SUFFIX)})
+        done = {shard.name for shard in shards if self._intact(shard)}
         if done:
             log.info("resuming: %d of %d shards already complete", len(done), len(shards))
         image_shards = [s for s in shards if s.kind == "images"]
@@ -175,7 +187,7 @@ class Extraction:
             for shard in shards:
                 if shard.name in done:
                     continue
-                parts, meta = {}, {"kind": shard.kind}
+                parts, meta = {}, {"kind": shard.kind, "keys": list(shard.keys)}
                 for start in range(0, len(shard.keys), self.batch_size):
                     batch = list(shard.keys[start : start + self.batch_size])
                     encode(batch, parts, meta)
@@ -194,6 +206,23 @@ class Extraction:
         if stale:
             write_json(spec_file, stamp)
 
+    def _intact(self, shard: Shard) -> bool:
+        """Whether a staged shard is complete and undamaged; a damaged one is removed, to be redone."""
+        path = self.shard_dir / shard.name
+        if not path.exists():
+            return False
+        try:
+            same_keys = read_shard_metadata(path)["keys"] == list(shard.keys)
+            if same_keys and shard_record(path) == read_json(record_path(path)):
+                return True
+            problem = "it differs from its record"
+        except (OSError, ValueError, KeyError) as error:
+            problem = str(error)
+        log.warning("staged shard %s is damaged (%s): extracting it again", path, problem)
+        path.unlink()
+        record_path(path).unlink(missing_ok=True)
+        return False
+
     def _inputs_fingerprint(self) -> str:
         """SHA-1 over every image file's bytes and every text: rewritten inputs invalidate shards."""
         digest = hashlib.sha1()
@@ -205,7 +234,7 @@ class Extraction:
     def _encode_images(self, image_ids: list[str], parts: dict, meta: dict) -> None:
         """Append the grid tokens of `image_ids` to `parts`, one list per representation; their grids
         and layers go to `meta`."""
-        images = [load_rgb(self.refs[image_id].path) for image_id in image_ids]
+        images = [load_rgb(self.refs[image_id].path, max_pixels=self.max_image_pixels) for image_id in image_ids]
         outputs = self.backbone.encode_with_ids(images, image_ids, self.spec["prefix"], self.layers)
         meta["prompt"] = self.backbone.prompt_text(self.spec["prefix"])
         for image_id, output in zip(image_ids, outputs, strict=True):
@@ -237,6 +266,7 @@ class Extraction:
                 images[image_id] = {"shard": shard.name, "grid": grid, "tokens": [start, stop]}
                 start = stop
         texts = {text: {"shard": s.name, "row": row} for s in text_shards for row, text in enumerate(s.keys)}
+        shards = {s.name: read_json(record_path(self.shard_dir / s.name)) for s in (*image_shards, *text_shards)}
         return {
             "format": STORE_FORMAT,
             "model": self.spec["model"],
@@ -252,6 +282,7 @@ class Extraction:
             "compute_dtype": str(self.dtype).removeprefix("torch."),
             "images": images,
             "texts": texts,
+            "shards": shards,
             "spec": self.spec,
             "spec_hash": spec_hash(self.spec),
             "versions": {
@@ -262,17 +293,13 @@ class Extraction:
         }
 
 
-def read_shard_metadata(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as handle:
-        return json.loads(handle.metadata()[METADATA_KEY])
-
-
 def _save_shard(path: Path, parts: dict[str, list[torch.Tensor]], meta: dict) -> None:
     """One tensor per entry of `parts`, its pieces joined along the token axis (each list is freed
     once joined, so a shard is held about twice, not three times, while written)."""
     tensors = {name: torch.cat(parts.pop(name), dim=1) for name in sorted(parts)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: canonical_json(meta)})
+    write_json(record_path(path), shard_record(path))
 
 
 def _store_representations(store: Sequence[str]) -> tuple[str, ...]:

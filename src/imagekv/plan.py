@@ -13,7 +13,7 @@ from pathlib import Path
 MLM_REPRESENTATIONS = ("values", "keys", "projection")
 # Layout of the feature stores extraction writes (see imagekv.features). Part of every extraction
 # spec, so a new layout reruns extraction and misses Snakemake's between-workflow cache.
-STORE_FORMAT = 3
+STORE_FORMAT = 4
 # Probes that score image features against text-token values (SPEC T3, T4).
 TEXT_QUERY_TASKS = ("semantic_seg", "referring_seg")
 

@@ -12,8 +12,11 @@ shell.prefix(
 )
 
 from imagekv import plan
-from imagekv.config import canonical_json, validate_config
+from imagekv.config import canonical_json, check_config_file, validate_config
 
+# Snakemake's own reader keeps the last of duplicate keys.
+for path in workflow.configfiles:
+    check_config_file(path)
 validate_config(config)
 
 RUN = config["run"]

@@ -1,9 +1,13 @@
 """Download, verify and safely unpack a real dataset into `data/real/<name>` for the paper run.
 
 `fetch_dataset` is what the Snakemake download rule calls. A file is fetched over HTTP into
-`<cache>/<dataset>/<file>.partial`, resumed with a Range request after a dropped connection and
-retried with exponential backoff; only a complete file loses the `.partial` suffix. It is checked
-against the publisher checksum, or else against the committed lock file (see `lockfile`). Archives
+`<cache>/<dataset>/<file>.partial`, resumed with a Range request after a dropped connection (a
+partial response is appended only if its Content-Range starts where the file ends) and retried with
+exponential backoff; a failure to write the local disk is not retried. Only a complete file loses
+the `.partial` suffix. It must look like what it should be (archive magic bytes, not an HTML page)
+and match the publisher checksum, or else the committed lock file (see `lockfile`); a file without
+either is trusted on first use and pinned, which the log says, and `require_pin` (`--verify-lock`)
+refuses. A cached file that fails any check is deleted, so a rerun fetches it again. Archives
 unpack into a temporary folder beside the target, member by member, refusing absolute paths, `..`,
 links that leave the folder and device files. The folder becomes the target by one `os.replace`,
 with a `.complete` marker inside, so a failure leaves no target and nothing marked complete, while
@@ -15,11 +19,12 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import logging
 import os
+import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,16 +38,31 @@ from typing import IO
 from imagekv.datasets.lockfile import (
     DEFAULT_LOCK_PATH,
     LockEntry,
+    LockMismatchError,
     file_digest,
     lock_key,
+    read_lock,
     record_in_lock,
     verify_against_lock,
 )
 from imagekv.datasets.sources import ROUTE_BUILDERS, Archive, DatasetSource, HubSnapshot, source_of
+from imagekv.io import make_temp_dir
+
+log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete"
 CHUNK_BYTES = 1 << 20
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+# Leading bytes of each archive kind: zip local header or empty archive (APPNOTE.TXT 4.3.7, 4.3.16),
+# gzip (RFC 1952), POSIX/GNU tar "ustar" at offset 257 (POSIX.1-1988 ustar header).
+MAGIC = {
+    "zip": ((0, b"PK\x03\x04"), (0, b"PK\x05\x06")),
+    "tar.gz": ((0, b"\x1f\x8b"),),
+    "tgz": ((0, b"\x1f\x8b"),),
+    "tar": ((257, b"ustar"),),
+}
+HTML_START = re.compile(rb"\s*(<!doctype html|<html|<head|<body|<\?xml)", re.IGNORECASE)
+CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class DownloadError(RuntimeError):
@@ -55,6 +75,14 @@ class ChecksumError(DownloadError):
 
 class UnsafeArchiveError(DownloadError):
     """An archive member would land outside the dataset folder or is not a plain file or folder."""
+
+
+class LocalWriteError(DownloadError):
+    """The local disk refused a write (full, read-only, no permission): not retried."""
+
+
+class WrongContentError(DownloadError):
+    """The received file is not of the expected kind (an HTML page instead of an archive, say)."""
 
 
 @dataclass(frozen=True)
@@ -98,15 +126,36 @@ def _append_response(url: str, partial: Path, timeout: float) -> None:
         raise
     with response:
         resumed = response.status == 206
+        if resumed:
+            _check_content_range(url, partial, have, response.headers.get("Content-Range"))
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None else None
         written = 0
-        with open(partial, "ab" if resumed else "wb") as out:
+        out = _local_write(partial, lambda: open(partial, "ab" if resumed else "wb"))
+        try:
             while chunk := response.read(CHUNK_BYTES):
-                out.write(chunk)
+                _local_write(partial, lambda: out.write(chunk))
                 written += len(chunk)
+        finally:
+            _local_write(partial, out.close)
     if expected is not None and written < expected:
         raise _Incomplete(f"{url}: got {written} of {expected} bytes")
+
+
+def _check_content_range(url: str, partial: Path, have: int, content_range: str | None) -> None:
+    """A partial response must continue the file exactly where it ends; else the file starts over."""
+    match = CONTENT_RANGE.fullmatch((content_range or "").strip())
+    if match is None or int(match.group(1)) != have:
+        partial.unlink(missing_ok=True)
+        raise _Incomplete(f"{url}: asked for bytes from {have}, the partial response says Content-Range "
+                          f"{content_range!r}; discarding {partial} and starting over")
+
+
+def _local_write(path: Path, action: Callable[[], object]) -> object:
+    try:
+        return action()
+    except OSError as error:
+        raise LocalWriteError(f"{path}: cannot write the download to the local disk: {error}") from error
 
 
 def download_url(url: str, destination: Path, retry: RetryPolicy = RetryPolicy()) -> Path:
@@ -117,6 +166,8 @@ def download_url(url: str, destination: Path, retry: RetryPolicy = RetryPolicy()
         try:
             _append_response(url, partial, retry.timeout_seconds)
             break
+        except LocalWriteError:
+            raise
         except Exception as error:  # noqa: BLE001 - sorted into retryable or not just below
             if not _is_retryable(error) or failure + 1 >= retry.attempts:
                 raise DownloadError(f"{url}: download failed after {failure + 1} attempt(s): {error}") from error
@@ -164,9 +215,22 @@ def obtain(
             return path
         try:
             return download_url(location, cached, retry)
+        except LocalWriteError:  # no mirror helps
+            raise
         except DownloadError as error:
             errors.append(str(error))
     raise DownloadError(f"{archive.name}: every source failed:\n  " + "\n  ".join(errors))
+
+
+def verify_kind(archive: Archive, path: Path) -> None:
+    """`path` starts like an archive of its kind, and is no HTML or XML page (a server's error or login page)."""
+    with open(path, "rb") as handle:
+        head = handle.read(1024)
+    html = HTML_START.match(head) is not None
+    magic = MAGIC.get(archive.kind)
+    if html or (magic and not any(head[offset : offset + len(tag)] == tag for offset, tag in magic)):
+        what = "an HTML or XML page (an error or login page?)" if html else f"no {archive.kind} archive"
+        raise WrongContentError(f"{path}: expected {archive.name} ({archive.kind}), got {what}; starts {head[:16]!r}")
 
 
 def verify_published(archive: Archive, path: Path) -> None:
@@ -331,12 +395,14 @@ def fetch_dataset(
     user_files: Mapping[str, str] | None = None,
     retry: RetryPolicy = RetryPolicy(),
     keep_downloads: bool = False,
+    require_pin: bool = False,
 ) -> None:
     """Make `target` hold dataset `name` in its published layout, verified; a no-op when complete.
 
     `cache_dir` (default `<target parent>/.downloads`) keeps `<name>/<file>.partial` across failures;
     `user_files` maps an archive name to a local path or URL (licensed data such as ImageNet);
-    `base_url_override` fetches every archive from `<base>/<archive name>` instead (a mirror).
+    `base_url_override` fetches every archive from `<base>/<archive name>` instead (a mirror);
+    `require_pin` refuses any file with neither a publisher checksum nor a pin in the lock file.
     """
     target, lock_path = Path(target), Path(lock_path)
     if (target / COMPLETE_MARKER).exists():
@@ -346,9 +412,11 @@ def fetch_dataset(
     source = source_of(name, dict(sources) if sources is not None else None)
     folder = Path(cache_dir or target.parent / ".downloads") / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=target.parent))
+    staging = make_temp_dir(target, ".unpacking")
     try:
-        pinned = _install_all(source, staging, folder, lock_path, base_url_override, user_files or {}, retry)
+        pinned = _install_all(
+            source, staging, folder, lock_path, base_url_override, user_files or {}, retry, require_pin
+        )
         record_in_lock(lock_path, pinned)
         marker = {"dataset": name, "files": {key: entry.as_json() for key, entry in sorted(pinned.items())}}
         (staging / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
@@ -367,26 +435,56 @@ def _install_all(
     base_url_override: str | None,
     user_files: Mapping[str, str],
     retry: RetryPolicy,
+    require_pin: bool,
 ) -> dict[str, LockEntry]:
     """Fetch, verify and unpack every file of `source`; returns the lock entries to record."""
     missing = [f"{a.name} ({a.note})" for a in source.archives if not a.urls and a.name not in user_files]
     if missing:  # reported before any long download, not after it
         raise DownloadError(f"{source.name} needs files only you can supply (user_files): " + "; ".join(missing))
+    known = read_lock(lock_path)
+    if require_pin:
+        unchecked = [lock_key(source.name, a.name) for a in source.archives if a.md5 is None and a.sha256 is None]
+        _refuse_unpinned(unchecked, known, lock_path)
     pinned: dict[str, LockEntry] = {}
     for archive in source.archives:
         local = obtain(archive, folder, base_url_override=base_url_override, user_files=user_files, retry=retry)
         try:
+            verify_kind(archive, local)
             verify_published(archive, local)
-        except ChecksumError:
-            if local.parent == folder:  # our own download is useless now; a user's file is left alone
-                local.unlink()
+            if archive.md5 is None and archive.sha256 is None:
+                key = lock_key(source.name, archive.name)
+                pinned[key] = _pin(lock_path, key, local, known)
+            _install_archive(archive, local, staging)
+        except (DownloadError, LockMismatchError):
+            if local.parent == folder:  # our own download failed a check: never reuse it; a user's file stays
+                local.unlink(missing_ok=True)
             raise
-        if archive.md5 is None and archive.sha256 is None:
-            key = lock_key(source.name, archive.name)
-            pinned[key] = verify_against_lock(lock_path, key, local)
-        _install_archive(archive, local, staging)
     if source.hub is not None:
-        for path in _fetch_hub(source.hub, staging, folder / "hub"):
-            key = lock_key(source.name, path.relative_to(staging).as_posix())
-            pinned[key] = verify_against_lock(lock_path, key, path)
+        files = _fetch_hub(source.hub, staging, folder / "hub")
+        keys = {lock_key(source.name, path.relative_to(staging).as_posix()): path for path in files}
+        if require_pin:
+            _refuse_unpinned(sorted(keys), known, lock_path)
+        for key, path in keys.items():
+            pinned[key] = _pin(lock_path, key, path, known)
     return pinned
+
+
+def _refuse_unpinned(keys: list[str], known: Mapping[str, LockEntry], lock_path: Path) -> None:
+    unpinned = [key for key in keys if key not in known]
+    if unpinned:
+        raise DownloadError(
+            f"{', '.join(unpinned)}: no published checksum and no pin in {lock_path}; --verify-lock refuses to "
+            "trust a first download. Run once without it to pin the files, and check the pins."
+        )
+
+
+def _pin(lock_path: Path, key: str, path: Path, known: Mapping[str, LockEntry]) -> LockEntry:
+    """The lock entry of `path`, checked against its pin; a first download is trusted, and says so."""
+    entry = verify_against_lock(lock_path, key, path)
+    if key not in known:
+        log.warning(
+            "%s has no published checksum and no pin in %s: TRUSTING THIS FIRST DOWNLOAD (trust on first use) "
+            "and pinning sha256 %s, %d bytes. Later downloads must match it; check it if you can.",
+            key, lock_path, entry.sha256, entry.size,
+        )
+    return entry
