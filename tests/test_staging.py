@@ -48,9 +48,8 @@ def kill_mid_write(output: Path, staging: Path) -> None:
 
 def dvc_ignored(project: Path, paths: list[Path]) -> list[str]:
     """The paths DVC ignores in `project`, as `dvc check-ignore` reports them."""
-    result = subprocess.run(
-        [str(BIN / "dvc"), "check-ignore", *map(str, paths)], cwd=project, capture_output=True, text=True, timeout=TIMEOUT
-    )
+    command = [str(BIN / "dvc"), "check-ignore", *map(str, paths)]
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode in (0, 1), result.stderr  # 1: nothing ignored
     return result.stdout.split()
 

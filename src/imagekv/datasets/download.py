@@ -19,7 +19,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -346,7 +345,9 @@ def fetch_dataset(
     source = source_of(name, dict(sources) if sources is not None else None)
     folder = Path(cache_dir or target.parent / ".downloads") / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=target.parent))
+    staging = target.with_name(f".{target.name}.unpacking")  # a fixed name: a killed run's is cleared here
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
         pinned = _install_all(source, staging, folder, lock_path, base_url_override, user_files or {}, retry)
         if source.finish:
