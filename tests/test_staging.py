@@ -94,7 +94,7 @@ def test_dvc_ignores_every_staging_name_the_code_writes(dvc_project):
         "results/smoke/m/d/features/.none.partial/shards/00000.safetensors",
         "data/synthetic/.pascal5i.partial/JPEGImages/a.jpg",
         "data/synthetic/.pascal5i.retired/JPEGImages/a.jpg",
-        "data/real/.davis.q9z.unpacking/DAVIS/a.jpg",
+        "data/real/.davis.unpacking/DAVIS/a.jpg",
         "data/real/.downloads/davis/DAVIS-2017.zip.partial",
     ]
     data = ["data/synthetic/pascal5i/JPEGImages/a.jpg", "results/smoke/m/d/features/none/manifest.json"]
