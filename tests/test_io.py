@@ -92,14 +92,13 @@ def test_outputs_follow_the_umask(tmp_path):
     """In a fresh process, so the umask is the one it starts with (read once at import)."""
     script = (
         "import os, sys; from pathlib import Path\n"
-        "from imagekv.io import atomic_path, make_temp_dir, write_json\n"
+        "from imagekv.io import atomic_path, write_json\n"
         "out = Path(sys.argv[1])\n"
         "write_json(out / 'atomic.json', {})\n"
         "with atomic_path(out / 'replaced.bin') as tmp:\n"
         "    tmp.unlink(); fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600); os.close(fd)\n"
-        "make_temp_dir(out / 'folder', '.tmp')\n"
     )
-    for umask, file_mode, dir_mode in ((0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)):
+    for umask, file_mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
         out = tmp_path / oct(umask)
         out.mkdir()
         subprocess.run(
@@ -107,5 +106,4 @@ def test_outputs_follow_the_umask(tmp_path):
             check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
         modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
-        folder = next(name for name in modes if name.startswith(".folder."))
-        assert modes == {"atomic.json": file_mode, "replaced.bin": file_mode, folder: dir_mode}
+        assert modes == {"atomic.json": file_mode, "replaced.bin": file_mode}

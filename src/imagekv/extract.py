@@ -38,6 +38,7 @@ from pathlib import Path
 import safetensors
 import torch
 import transformers
+from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -136,6 +137,7 @@ class Extraction:
         self.max_image_pixels = _positive(spec, "max_image_pixels")
         self.device = resolve_device(spec["device"])
         self.dtype = resolve_dtype(spec["dtype"], self.device)
+        self.warmed_up = False
 
     @cached_property
     def backbone(self) -> Backbone:
@@ -235,6 +237,7 @@ class Extraction:
         """Append the grid tokens of `image_ids` to `parts`, one list per representation; their grids
         and layers go to `meta`."""
         images = [load_rgb(self.refs[image_id].path, max_pixels=self.max_image_pixels) for image_id in image_ids]
+        self._warm_up(images[0], image_ids[0])
         outputs = self.backbone.encode_with_ids(images, image_ids, self.spec["prefix"], self.layers)
         meta["prompt"] = self.backbone.prompt_text(self.spec["prefix"])
         for image_id, output in zip(image_ids, outputs, strict=True):
@@ -248,6 +251,14 @@ class Extraction:
                                      f"{image_id!r}; remove it from spec key 'store'")
                 rows = tensor.to(self.store_dtype).reshape(-1, grid.num_tokens, tensor.shape[-1])  # [L, tokens, C]
                 parts.setdefault(representation, []).append(rows)
+
+    def _warm_up(self, image: Image.Image, image_id: str) -> None:
+        """Once per process, one forward whose features are dropped, so that no stored feature comes
+        from a process's first forward, where libraries choose kernels and fill caches lazily (issue
+        20: a store's first image once differed by one fp16 step). Costs one forward per job."""
+        if not self.warmed_up:
+            self.backbone.encode_with_ids([image], [image_id], self.spec["prefix"], self.layers)
+            self.warmed_up = True
 
     def _encode_texts(self, texts: list[str], parts: dict, meta: dict) -> None:
         values = self.backbone.encode_text(texts, self.spec["prefix"], self.layers)  # [texts, L, C]

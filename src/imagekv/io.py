@@ -25,7 +25,6 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
-DIR_MODE = 0o777 & ~_UMASK
 # Short and free of dots, so it can sit in a file name that is parsed back.
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
 
@@ -71,13 +70,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
-
-
-def make_temp_dir(target: Path, suffix: str) -> Path:
-    """A new, empty folder beside `target`, with the mode `mkdir` gives (mkdtemp makes 0700)."""
-    path = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
-    os.chmod(path, DIR_MODE)
-    return path
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:

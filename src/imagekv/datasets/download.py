@@ -46,7 +46,6 @@ from imagekv.datasets.lockfile import (
     verify_against_lock,
 )
 from imagekv.datasets.sources import ROUTE_BUILDERS, Archive, DatasetSource, HubSnapshot, source_of
-from imagekv.io import make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +411,9 @@ def fetch_dataset(
     source = source_of(name, dict(sources) if sources is not None else None)
     folder = Path(cache_dir or target.parent / ".downloads") / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = make_temp_dir(target, ".unpacking")
+    staging = target.with_name(f".{target.name}.unpacking")  # a fixed name: a killed run's is cleared here
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
         pinned = _install_all(
             source, staging, folder, lock_path, base_url_override, user_files or {}, retry, require_pin

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,14 +34,21 @@ class SyntheticTruth:
 
 
 def synthesize(name: str, root: Path, cfg: dict, seed: int) -> SyntheticTruth:
-    """Write dataset `name` into a temporary folder beside `root`, then rename it onto `root`."""
+    """Write dataset `name` into the staging folder `.{root.name}.partial` beside `root`, then rename it
+    onto `root`.
+
+    The staging and retired folders have fixed names, so the leftovers of a killed run (SIGKILL skips
+    the cleanup below) are recognised and cleared first: one job writes each dataset, so they can only
+    be stale. They are made by a plain mkdir, so their mode follows the umask.
+    """
     if name not in WRITERS:
         raise KeyError(f"no synthetic writer for dataset {name!r}; known: {', '.join(WRITERS)}")
     writer = importlib.import_module(f"imagekv.datasets.synthetic.{name}")
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-    retired = staging.with_suffix(".retired")
+    staging, retired = (root.with_name(f".{root.name}.{state}") for state in ("partial", "retired"))
+    for leftover in (staging, retired):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir(parents=True)
     try:
         truth = writer.write(staging, cfg, np.random.default_rng(seed))
         if root.exists():  # move the old copy aside first: a directory cannot be renamed onto a full one
