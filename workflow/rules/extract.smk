@@ -6,7 +6,8 @@
 
 rule extract_features:
     input:
-        dataset_input,
+        dataset=dataset_input,
+        preflight=ancient(plan.preflight_path("{run}")),
     output:
         directory(plan.features_path("{run}", "{backbone}", "{dataset}", "{prefix}")),
     log:

@@ -80,6 +80,7 @@ rule blink_answers:
     input:
         flags=plan.intervention_path("{run}", "key_variance.json", "{backbone}"),
         dataset=lambda wc: plan.dataset_input(config, plan.blink_spec(config, wc.backbone)["dataset"]),
+        preflight=ancient(plan.preflight_path("{run}")),
     output:
         plan.intervention_path("{run}", "blink_answers.csv", "{backbone}"),
     log:
