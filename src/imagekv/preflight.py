@@ -159,16 +159,19 @@ class ModelUnderTest:
         return self.backbone.processor
 
 
-def model_under_test(model: str, cfg: dict, folder: Path | None) -> ModelUnderTest:
+def run_files(model: str, cfg: dict, folder: Path | None) -> tuple[type, PretrainedConfig, ProcessorMixin]:
+    """The backbone class, model config and processor the run builds (the twin's for source: tiny)."""
     from imagekv.models.registry import backbone_class
     from imagekv.models.tiny import tiny_parts
 
     cls = backbone_class(model)
-    if folder is None:  # source: tiny
-        config, processor = tiny_parts(cls.architecture)
-    else:
-        config = cls.model_class.config_class.from_pretrained(folder)
-        processor = AutoProcessor.from_pretrained(folder)
+    if folder is None:
+        return cls, *tiny_parts(cls.architecture)
+    return cls, cls.model_class.config_class.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
+
+
+def model_under_test(cls: type, config: PretrainedConfig, processor: ProcessorMixin, cfg: dict) -> ModelUnderTest:
+    """The backbone with its model on the meta device; raises ValueError on a config it refuses."""
     with torch.device("meta"):
         network = cls.model_class._from_config(config)
     return ModelUnderTest(cls(network, processor, cfg), config)
@@ -234,17 +237,21 @@ def check_model(model: str, config: dict, local_files: Path | None) -> ModelRepo
     cfg = config["models"][model]
     tiny = cfg.get("source", "hub") == "tiny"
     folder = None if tiny else checkpoint_files(model, cfg, local_files)
-    tested = model_under_test(model, cfg, folder)
-    processor = tested.processor
+    cls, model_config, processor = run_files(model, cfg, folder)
     report = ModelReport(model, cfg["checkpoint"], "committed copies (tiny twin)" if tiny else str(folder),
-                         context_length(tested.config, processor))
+                         context_length(model_config, processor))
     if folder is not None:
-        report.differences = file_differences(model, folder, tested.config)
+        report.differences = file_differences(model, folder, model_config)
         report.problems += report.differences
     try:
         image_prompt(processor)
     except ValueError as error:
-        report.problems.append(f"{model}: chat template ({_template_file(folder)}): {error}")
+        report.problems.append(f"{model}: chat template ({_template_file(model, folder)}): {error}")
+        return report
+    try:
+        tested = model_under_test(cls, model_config, processor, cfg)
+    except ValueError as error:
+        report.problems.append(f"{model}: models.{model} with {folder or 'the twin'}/config.json: {error}")
         return report
     tokens = ImageTokens(tested)
     _check_one_image_end_to_end(report, tested, tokens)
@@ -255,9 +262,9 @@ def check_model(model: str, config: dict, local_files: Path | None) -> ModelRepo
     return report
 
 
-def _template_file(folder: Path | None) -> str:
+def _template_file(model: str, folder: Path | None) -> str:
     if folder is None:
-        return str(CHECKPOINTS / "chat_template.json")
+        return str(CHECKPOINTS / model / "chat_template.json")
     return str(folder / ("chat_template.jinja" if (folder / "chat_template.jinja").is_file() else "chat_template.json"))
 
 
