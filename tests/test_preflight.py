@@ -81,13 +81,15 @@ def test_passes_on_the_real_non_weight_files_and_reports_forwards_and_time(proje
     assert report["models"]["llava_next"]["context"] == 8192
 
 
-def changed_copy(real_files, tmp_path, model, filename, change):
+def changed_copy(real_files, tmp_path, model, changes):
+    """A copy of the files with each `filename: change(content)` of `changes` applied to `model`'s."""
     files = tmp_path / "files"
     shutil.copytree(real_files, files)
-    path = files / model / filename
-    content = json.loads(path.read_text())
-    change(content)
-    path.write_text(json.dumps(content))
+    for filename, change in changes.items():
+        path = files / model / filename
+        content = json.loads(path.read_text())
+        change(content)
+        path.write_text(json.dumps(content))
     return files
 
 
@@ -99,7 +101,7 @@ def test_fails_on_a_template_without_an_image_placeholder(project, real_files, t
             "{% endfor %}<|eot_id|>{% endfor %}"
         )
 
-    files = changed_copy(real_files, tmp_path, "llava_next", "chat_template.json", text_only)
+    files = changed_copy(real_files, tmp_path, "llava_next", {"chat_template.json": text_only})
     result = preflight(project, hub_config(tmp_path, ["llava_next"]), files)
     assert result.returncode != 0
     message = result.stderr
@@ -118,14 +120,18 @@ def test_fails_on_a_context_overflow_naming_the_item(project, real_files, tmp_pa
     assert "extraction imagenet_s/none" not in result.stderr  # only the prompts that overflow
 
 
-def test_fails_on_a_changed_config_field(project, real_files, tmp_path):
+def test_fails_on_a_changed_config_field_and_a_changed_special_token_id(project, real_files, tmp_path):
     def other_layer(content):
         content["vision_feature_layer"] = -1
 
-    files = changed_copy(real_files, tmp_path, "llava_next", "config.json", other_layer)
+    def other_pad_id(content):
+        content["added_tokens_decoder"]["128300"] = content["added_tokens_decoder"].pop("128257")
+
+    files = changed_copy(real_files, tmp_path, "llava_next", {"config.json": other_layer, "tokenizer_config.json": other_pad_id})
     result = preflight(project, hub_config(tmp_path, ["llava_next"]), files)
     assert result.returncode != 0
     assert "llava_next: config.json: field vision_feature_layer: committed -2, checkpoint -1" in result.stderr
+    assert "llava_next: tokenizer_config.json: field added_tokens_decoder.128257: missing" in result.stderr
 
 
 def test_names_the_missing_folder_of_a_checkpoint(project, tmp_path):

@@ -119,6 +119,19 @@ def file_differences(model: str, folder: Path, config: PretrainedConfig) -> list
     return differences
 
 
+def token_differences(model: str, processor: ProcessorMixin) -> list[str]:
+    """Every committed added token (tokenizer_config.json) that the checkpoint's tokenizer (its
+    tokenizer.json) does not give the committed id."""
+    committed = json.loads((CHECKPOINTS / model / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    tokenizer = processor.tokenizer
+    return [
+        f"{model}: tokenizer.json: token {token['content']!r} has id {tokenizer.convert_tokens_to_ids(token['content'])}, "
+        f"committed {index}"
+        for index, token in committed.items()
+        if tokenizer.convert_tokens_to_ids(token["content"]) != int(index)
+    ]
+
+
 def _published_json(folder: Path, name: str, config: PretrainedConfig) -> dict | None:
     if name == "config.json":
         return config.to_dict()
@@ -241,8 +254,11 @@ def check_model(model: str, config: dict, local_files: Path | None) -> ModelRepo
     report = ModelReport(model, cfg["checkpoint"], "committed copies (tiny twin)" if tiny else str(folder),
                          context_length(model_config, processor))
     if folder is not None:
-        report.differences = file_differences(model, folder, model_config)
+        report.differences = file_differences(model, folder, model_config) + token_differences(model, processor)
         report.problems += report.differences
+    if processor.image_token_id != model_config.image_token_id:
+        report.problems.append(f"{model}: config.json: image_token_id {model_config.image_token_id}, but the "
+                               f"processor's image token {processor.image_token!r} is {processor.image_token_id}")
     try:
         image_prompt(processor)
     except ValueError as error:
