@@ -338,6 +338,12 @@ def preflight_path(run: str) -> str:
     return f"results/{run}/preflight.json"
 
 
+def preflight_inputs_of(config: dict, backbone: str) -> list[str]:
+    """What a GPU job of `backbone` waits for: the preflight for an MLM (references and calibration
+    backbones have no prompt to check)."""
+    return [preflight_path(config["run"])] if backbone in config["models"] else []
+
+
 def extraction_jobs(config: dict, model: str) -> list[tuple[str, str]]:
     """(dataset, prefix) of every feature store of `model` the run extracts: the probes' (no prefix),
     and with interventions the E5 prefixes', the key-variance and masked-probe stores' and E6's."""

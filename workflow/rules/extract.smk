@@ -7,7 +7,9 @@
 rule extract_features:
     input:
         dataset=dataset_input,
-        preflight=ancient(plan.preflight_path("{run}")),
+        preflight=lambda wc: [
+            ancient(p) for p in plan.preflight_inputs_of(config, wc.backbone)
+        ],
     output:
         directory(plan.features_path("{run}", "{backbone}", "{dataset}", "{prefix}")),
     log:

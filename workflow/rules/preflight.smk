@@ -1,6 +1,6 @@
 # The preflight: on CPU, before any GPU time, every prompt of the run built with each checkpoint's
 # real non-weight files (downloaded at the pinned revision, or preflight.local_files) and checked:
-# template, image-token counts, grids, context. Every GPU job waits for its report, as an ancient()
+# template, image-token counts, grids, context. Every MLM GPU job waits for its report, as an ancient()
 # input: a rerun of the preflight (its part of the config changed) does not rerun them.
 
 
