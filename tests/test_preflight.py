@@ -127,7 +127,8 @@ def test_fails_on_a_changed_config_field_and_a_changed_special_token_id(project,
     def other_pad_id(content):
         content["added_tokens_decoder"]["128300"] = content["added_tokens_decoder"].pop("128257")
 
-    files = changed_copy(real_files, tmp_path, "llava_next", {"config.json": other_layer, "tokenizer_config.json": other_pad_id})
+    changes = {"config.json": other_layer, "tokenizer_config.json": other_pad_id}
+    files = changed_copy(real_files, tmp_path, "llava_next", changes)
     result = preflight(project, hub_config(tmp_path, ["llava_next"]), files)
     assert result.returncode != 0
     assert "llava_next: config.json: field vision_feature_layer: committed -2, checkpoint -1" in result.stderr

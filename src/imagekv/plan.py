@@ -381,7 +381,9 @@ def preflight_spec(config: dict) -> dict:
             "key_variance": {k: section["key_variance"][k] for k in ("dataset", "prefix")},
             "masked_probes": {"tasks": section["masked_probes"]["tasks"]},
             "prefix": {k: section["prefix"][k] for k in ("prefixes", "tasks")},
-            "blocking": {k: section["blocking"][k] for k in ("dataset", "answer_instruction", "conditions", "greedy_tokens")},
+            "blocking": {
+                k: section["blocking"][k] for k in ("dataset", "answer_instruction", "conditions", "greedy_tokens")
+            },
             "not_surfaced": {"prefix": section["not_surfaced"]["prefix"]},
         }
     return spec

@@ -49,6 +49,7 @@ NON_WEIGHT_FILES = (
 # overhead, taken as 30 ms.
 DEFAULT_TOKENS_PER_SECOND = 8000
 DECODE_STEP_SECONDS = 0.03
+MAX_PROBLEMS_SHOWN = 30  # per model
 UNLIMITED = 10**12  # tokenizers without a model_max_length report ~1e30
 
 
@@ -69,9 +70,10 @@ class ModelReport:
     decode_steps: int = 0
     longest: tuple[int, str] = (0, "")
 
-    def count(self, stage: str, length: int, item: str) -> None:
-        self.forwards[stage] += 1
-        self.tokens[stage] += length
+    def count(self, stage: str, length: int, item: str, times: int = 1) -> None:
+        """`times` forwards of `length` tokens; one that overflows the context is a problem."""
+        self.forwards[stage] += times
+        self.tokens[stage] += length * times
         if length > self.longest[0]:
             self.longest = (length, item)
         if length > self.context:
@@ -96,8 +98,10 @@ def checkpoint_files(model: str, cfg: dict, local_files: Path | None) -> Path:
     if local_files is not None:
         folder = Path(local_files) / model
         if not (folder / "config.json").is_file():
-            raise PreflightError(f"{model}: {folder} holds no config.json; --local-files DIR needs one folder per "
-                                 f"model named as in the config (e.g. {Path(local_files) / model}), files named as on the hub")
+            raise PreflightError(
+                f"{model}: {folder} holds no config.json; --local-files DIR needs one folder per model named as "
+                f"in the config (e.g. {Path(local_files) / model}), files named as on the hub"
+            )
         return folder
     from huggingface_hub import snapshot_download
 
@@ -124,11 +128,11 @@ def token_differences(model: str, processor: ProcessorMixin) -> list[str]:
     tokenizer.json) does not give the committed id."""
     committed = json.loads((CHECKPOINTS / model / "tokenizer_config.json").read_text())["added_tokens_decoder"]
     tokenizer = processor.tokenizer
+    ids = {index: tokenizer.convert_tokens_to_ids(token["content"]) for index, token in committed.items()}
     return [
-        f"{model}: tokenizer.json: token {token['content']!r} has id {tokenizer.convert_tokens_to_ids(token['content'])}, "
-        f"committed {index}"
-        for index, token in committed.items()
-        if tokenizer.convert_tokens_to_ids(token["content"]) != int(index)
+        f"{model}: tokenizer.json: token {committed[index]['content']!r} has id {actual}, committed {index}"
+        for index, actual in ids.items()
+        if actual != int(index)
     ]
 
 
@@ -152,9 +156,15 @@ def _field_differences(expected, actual, path: str = "") -> list[str]:
     if isinstance(expected, list) and isinstance(actual, (list, tuple)):
         actual = [list(a) if isinstance(a, tuple) else a for a in actual]
     if expected != actual:
-        shown = (lambda v: json.dumps(v)[:200]) if not isinstance(expected, str) or len(expected) < 80 else (lambda v: f"{len(v)} chars")
-        return [f"field {path}: committed {shown(expected)}, checkpoint {shown(actual)}"]
+        return [f"field {path}: committed {_shown(expected)}, checkpoint {_shown(actual)}"]
     return []
+
+
+def _shown(value) -> str:
+    """A value for a message: a long text (a chat template) by its length only."""
+    if isinstance(value, str) and len(value) >= 80:
+        return f"{len(value)} chars"
+    return json.dumps(value)[:200]
 
 
 # --- one model ---------------------------------------------------------------------------------------
@@ -242,7 +252,9 @@ class ImageTokens:
         grid = (resized_h // cell, resized_w // cell)
         fixed = self.backbone.fixed_grid
         if self.backbone.resolution == "fixed" and grid != (fixed, fixed):
-            raise ValueError(f"image of {width}x{height} px gives a {grid[0]}x{grid[1]} grid, not the fixed {fixed}x{fixed}")
+            raise ValueError(
+                f"image of {width}x{height} px gives a {grid[0]}x{grid[1]} grid, not the fixed {fixed}x{fixed}"
+            )
         return grid[0] * grid[1], grid
 
 
@@ -307,10 +319,6 @@ def _check_one_image_end_to_end(report: ModelReport, tested: ModelUnderTest, tok
             f"{inputs['input_ids'].shape[1]}-token prompt; the model config implies {expected} in {length}")
 
 
-def _height_width(image: Image.Image) -> tuple[int, int]:
-    return image.height, image.width
-
-
 def image_sizes(paths: Iterable[Path]) -> Counter:
     """(width, height) -> number of images, from each file's header."""
     sizes = Counter()
@@ -320,27 +328,28 @@ def image_sizes(paths: Iterable[Path]) -> Counter:
     return sizes
 
 
-def _check_extraction(report, tested: ModelUnderTest, tokens: ImageTokens, config: dict, dataset: str, prefix: str) -> None:
+def _check_extraction(
+    report: ModelReport, tested: ModelUnderTest, tokens: ImageTokens, config: dict, dataset: str, prefix: str
+) -> None:
     processor, backbone = tested.processor, tested.backbone
     loaded = _dataset(config, dataset)
     job = f"extraction {dataset}/{prefix}"
     text = backbone.prompt_text(config["prefixes"][prefix])
     for (width, height), count in sorted(_sizes(config, dataset).items()):
-        item = f"{job}: image of {width}x{height} px"
+        prepared = tokens.prepared((width, height))
         try:
-            image_tokens, grid = tokens.single(*_height_width(tokens.prepared((width, height))))
+            image_tokens = tokens.single(prepared.height, prepared.width)[0]  # raises on a wrong grid too
         except ValueError as error:
             report.problems.append(f"{report.model}: {job}: {error}")
             continue
         length = _prompt_length(processor, text, [image_tokens])
-        for _ in range(count):
-            report.count("extraction", length, item)
+        report.count("extraction", length, f"{job}: {count} image(s) of {width}x{height} px", times=count)
     for query in loaded.texts():
         ids = text_ids(processor, text_prompt(processor, config["prefixes"][prefix] + query))
         report.count("text_queries", ids.shape[1], f"{job}: text query {query!r}")
 
 
-def _check_blink(report, tested: ModelUnderTest, tokens: ImageTokens, config: dict) -> None:
+def _check_blink(report: ModelReport, tested: ModelUnderTest, tokens: ImageTokens, config: dict) -> None:
     from imagekv.interventions.multiple_choice import chat_prompt, tokens_per_image
     from imagekv.interventions.workflow import prompt_for
 
@@ -381,12 +390,17 @@ def _dataset_cached(name: str, root: str, cfg_json: str):
     return load_dataset(name, Path(root), json.loads(cfg_json))
 
 
+def _dataset_key(config: dict, name: str) -> tuple[str, str, str]:
+    return name, plan.dataset_root(config, name), json.dumps(plan.dataset_spec(config, name)["cfg"], sort_keys=True)
+
+
 def _dataset(config: dict, name: str):
-    return _dataset_cached(name, plan.dataset_root(config, name), json.dumps(plan.dataset_spec(config, name)["cfg"], sort_keys=True))
+    """The dataset's loader, built once per process (every model reads the same datasets)."""
+    return _dataset_cached(*_dataset_key(config, name))
 
 
 def _sizes(config: dict, name: str) -> Counter:
-    return _sizes_cached(name, plan.dataset_root(config, name), json.dumps(plan.dataset_spec(config, name)["cfg"], sort_keys=True))
+    return _sizes_cached(*_dataset_key(config, name))
 
 
 @cache
@@ -403,7 +417,7 @@ def preflight(config: dict, local_files: Path | None = None) -> dict:
     local_files = local_files or (Path(settings["local_files"]) if settings.get("local_files") else None)
     rate = settings.get("tokens_per_second", DEFAULT_TOKENS_PER_SECOND)
     reports = [check_model(model, config, local_files) for model in sorted(config["models"])]
-    problems = [problem for report in reports for problem in report.problems]
+    problems = [problem for report in reports for problem in _first(report.problems)]
     if problems:
         raise PreflightError("preflight failed:\n" + "\n".join(f"  {problem}" for problem in problems))
     return {
@@ -413,6 +427,13 @@ def preflight(config: dict, local_files: Path | None = None) -> dict:
                       f"{DECODE_STEP_SECONDS} s per greedy decoding step; vision towers not counted",
         "models": {report.model: report.summary(rate) for report in reports},
     }
+
+
+def _first(problems: list[str], shown: int = MAX_PROBLEMS_SHOWN) -> list[str]:
+    """A model's problems, the first `shown` of them when there are many (one cause, many items)."""
+    if len(problems) <= shown:
+        return problems
+    return [*problems[:shown], f"... and {len(problems) - shown} more of the same model"]
 
 
 def summary_lines(report: dict) -> list[str]:
