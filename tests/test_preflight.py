@@ -6,6 +6,7 @@ overflow and on a changed config field. (The smoke config's preflight runs in th
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_fails_on_a_context_overflow_naming_the_item(project, real_files, tmp_pa
     config = hub_config(tmp_path, ["llava_next"], prefixes={**SMOKE_CONFIG["prefixes"], "task": long_prefix})
     result = preflight(project, config, real_files)
     assert result.returncode != 0
-    assert "llava_next: extraction imagenet_s/task: image of" in result.stderr
+    assert re.search(r"llava_next: extraction imagenet_s/task: \d+ image\(s\) of \d+x\d+ px: \d+ tokens", result.stderr)
     assert "beyond the context of 8192" in result.stderr
     assert "extraction imagenet_s/none" not in result.stderr  # only the prompts that overflow
 
