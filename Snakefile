@@ -15,6 +15,7 @@ if not config:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/preflight.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/probes.smk"
 include: "workflow/rules/figures.smk"

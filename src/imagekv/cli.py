@@ -60,6 +60,31 @@ def check_dataset(args: argparse.Namespace) -> None:
     write_json(Path(args.output), check(spec["dataset"], Path(spec["root"]), spec["cfg"]))
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """Check every prompt of a run on CPU before any GPU job (imagekv.preflight); exit 1 naming each problem."""
+    import yaml
+
+    from imagekv.config import validate_config
+    from imagekv.io import write_json
+    from imagekv.preflight import PreflightError, preflight as check, summary_lines
+
+    if (args.configfile is None) == (args.spec is None):
+        raise SystemExit("preflight takes --configfile FILE or --spec JSON (the run's config), not both")
+    if args.spec:
+        config = json.loads(args.spec)  # plan.preflight_spec of a validated config
+    else:
+        config = yaml.safe_load(Path(args.configfile).read_text(encoding="utf-8"))
+        validate_config(config)
+    _limit_threads(args.threads)
+    try:
+        report = check(config, Path(args.local_files) if args.local_files else None)
+    except PreflightError as error:
+        raise SystemExit(str(error)) from None
+    print("\n".join(summary_lines(report)), flush=True)
+    if args.output:
+        write_json(Path(args.output), report)
+
+
 def extract(args: argparse.Namespace) -> None:
     from imagekv.extract import extract_store
 
@@ -177,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse any file with neither a publisher checksum nor a pin in config/datasets.lock.json "
                      "(default on when IMAGEKV_VERIFY_LOCK=1, which reaches the workflow's download jobs)")
     command("check-dataset", check_dataset).add_argument("--output", required=True, help="the check's record (JSON)")
+    sub = command("preflight", preflight, spec=False, threads=True)
+    sub.add_argument("--configfile", help="the run's config file (e.g. config/paper.yaml)")
+    sub.add_argument("--spec", help="the run's config as JSON (what the workflow rule passes)")
+    sub.add_argument("--local-files", help="offline: DIR/<model name>/ holds each checkpoint's non-weight files")
+    sub.add_argument("--output", help="the report (JSON)")
     sub = command("extract", extract, threads=True)
     sub.add_argument("--output", required=True, help="the feature store's folder")
     sub = command("probe", probe, threads=True)

@@ -348,3 +348,59 @@ def correlation_spec(config: dict) -> dict:
         "subtask": section["score"],
         "condition": BASELINE_CONDITION,
     }
+
+
+# The preflight (imagekv.preflight): the first job, on which every GPU job waits.
+def preflight_path(run: str) -> str:
+    return f"results/{run}/preflight.json"
+
+
+def preflight_inputs_of(config: dict, backbone: str) -> list[str]:
+    """What a GPU job of `backbone` waits for: the preflight for an MLM (references and calibration
+    backbones have no prompt to check)."""
+    return [preflight_path(config["run"])] if backbone in config["models"] else []
+
+
+def extraction_jobs(config: dict, model: str) -> list[tuple[str, str]]:
+    """(dataset, prefix) of every feature store of `model` the run extracts: the probes' (no prefix),
+    and with interventions the E5 prefixes', the key-variance and masked-probe stores' and E6's."""
+    jobs = {(section["dataset"], "none") for section in tasks(config).values()}
+    section = interventions(config)
+    if section:
+        kv_prefix = section["key_variance"]["prefix"]
+        jobs.add((section["key_variance"]["dataset"], kv_prefix))
+        jobs |= {(config["probes"][task]["dataset"], kv_prefix) for task in section["masked_probes"]["tasks"]}
+        jobs |= {(config["probes"][task]["dataset"], prefix)
+                 for task in section["prefix"]["tasks"] for prefix in section["prefix"]["prefixes"]}
+        jobs.add((section["blocking"]["dataset"], section["not_surfaced"]["prefix"]))
+    return sorted(jobs)
+
+
+def preflight_inputs(config: dict) -> list[str]:
+    """What the preflight reads: every dataset an MLM's prompts are built from."""
+    datasets = {dataset for model in config["models"] for dataset, _ in extraction_jobs(config, model)}
+    return sorted(dataset_input(config, dataset) for dataset in datasets)
+
+
+def preflight_spec(config: dict) -> dict:
+    """The part of the config the preflight reads, so that an unrelated key (a figure's, a probe's
+    setting) neither reruns it nor changes the cache key of the extraction jobs that wait for it."""
+    datasets = {dataset for model in config["models"] for dataset, _ in extraction_jobs(config, model)}
+    spec = {
+        "run": config["run"], "seed": config["seed"], "models": config["models"], "prefixes": config["prefixes"],
+        "datasets": {name: config["datasets"][name] for name in sorted(datasets)},
+        "probes": {task: {"dataset": section["dataset"]} for task, section in tasks(config).items()},
+        "preflight": config.get("preflight", {}),
+    }
+    section = interventions(config)
+    if section:
+        spec["interventions"] = {
+            "key_variance": {k: section["key_variance"][k] for k in ("dataset", "prefix")},
+            "masked_probes": {"tasks": section["masked_probes"]["tasks"]},
+            "prefix": {k: section["prefix"][k] for k in ("prefixes", "tasks")},
+            "blocking": {
+                k: section["blocking"][k] for k in ("dataset", "answer_instruction", "conditions", "greedy_tokens")
+            },
+            "not_surfaced": {"prefix": section["not_surfaced"]["prefix"]},
+        }
+    return spec

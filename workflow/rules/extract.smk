@@ -6,7 +6,10 @@
 
 rule extract_features:
     input:
-        dataset_input,
+        dataset=dataset_input,
+        preflight=lambda wc: [
+            ancient(p) for p in plan.preflight_inputs_of(config, wc.backbone)
+        ],
     output:
         directory(plan.features_path("{run}", "{backbone}", "{dataset}", "{prefix}")),
     log:

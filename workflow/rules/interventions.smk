@@ -79,7 +79,10 @@ use rule collect_key_variance as collect_masked_probes with:
 rule blink_answers:
     input:
         flags=plan.intervention_path("{run}", "key_variance.json", "{backbone}"),
-        dataset=lambda wc: plan.dataset_input(config, plan.blink_spec(config, wc.backbone)["dataset"]),
+        dataset=lambda wc: plan.dataset_input(
+            config, plan.blink_spec(config, wc.backbone)["dataset"]
+        ),
+        preflight=ancient(plan.preflight_path("{run}")),
     output:
         plan.intervention_path("{run}", "blink_answers.csv", "{backbone}"),
     log:

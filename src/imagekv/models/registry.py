@@ -38,14 +38,18 @@ def backbone_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def backbone_class(name: str) -> type[Backbone]:
+    _import_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
 def build_backbone(
     name: str, cfg: dict[str, Any], *, device: str, dtype: torch.dtype, dataset: Any = None
 ) -> Backbone:
     """Instantiate backbone `name` from its config section (see config/config.yaml `models:`)."""
-    _import_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name].from_config(cfg, device=device, dtype=dtype, dataset=dataset)
+    return backbone_class(name).from_config(cfg, device=device, dtype=dtype, dataset=dataset)
 
 
 def _import_all() -> None:

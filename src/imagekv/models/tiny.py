@@ -21,6 +21,7 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
+    PretrainedConfig,
     PreTrainedModel,
     ProcessorMixin,
     Qwen2_5_VLConfig,
@@ -48,10 +49,7 @@ QWEN_MAX_PIXELS = (16 * 28) ** 2
 
 def build_tiny(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
     """The tiny twin `architecture` (one of ARCHITECTURES) and its processor, in float32."""
-    builders = {"llava_onevision": _llava_onevision, "qwen2_5_vl": _qwen2_5_vl, "llava_next": _llava_next}
-    if architecture not in builders:
-        raise ValueError(f"unknown tiny architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-    model_class, config, processor = builders[architecture]()
+    model_class, config, processor = _parts(architecture)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class._from_config(config, attn_implementation="sdpa")
@@ -59,6 +57,19 @@ def build_tiny(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, Proce
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), processor
+
+
+def tiny_parts(architecture: str) -> tuple[PretrainedConfig, ProcessorMixin]:
+    """The twin's model config and processor, without building the network (imagekv.preflight)."""
+    _, config, processor = _parts(architecture)
+    return config, processor
+
+
+def _parts(architecture: str):
+    builders = {"llava_onevision": _llava_onevision, "qwen2_5_vl": _qwen2_5_vl, "llava_next": _llava_next}
+    if architecture not in builders:
+        raise ValueError(f"unknown tiny architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    return builders[architecture]()
 
 
 def _llava_onevision():
