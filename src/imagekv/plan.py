@@ -130,6 +130,7 @@ def probe_spec(config: dict, backbone: str, dataset: str, prefix: str, represent
         "dataset_cfg": dataset_spec(config, dataset)["cfg"],
         "prefix": prefix,
         "params": {k: v for k, v in config["probes"][task].items() if k != "dataset"},
+        "split_seed": config["probing"]["split_seed"],
         "device": config["device"],
         "seed": config["seed"],
     }
