@@ -48,7 +48,7 @@ if plan.qualitative_spec(config):
     FIGURES.append("qualitative_examples")
 TABLES = ["best_layers", "paper_comparison"]
 if plan.interventions(config):
-    FIGURES += ["key_variance", "prefix_probes"]
+    FIGURES += ["key_variance", "prefix_probes", "correlation"]
     TABLES += [
         "artifact_masking",
         "blocking",
