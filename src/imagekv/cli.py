@@ -19,6 +19,7 @@ FIGURES = {
     "task_curves": "imagekv.figures.task_curves",
     "qualitative_examples": "imagekv.figures.qualitative",
     "key_variance": "imagekv.figures.key_variance",
+    "key_variance_maps": "imagekv.figures.key_variance_maps",
     "prefix_probes": "imagekv.figures.prefix_probes",
     "correlation": "imagekv.figures.correlation",
 }
