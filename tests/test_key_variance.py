@@ -98,3 +98,27 @@ def test_nu_maps_show_the_grid_in_raster_order_and_mark_the_flagged_positions(tm
     assert key_variance_maps.shown_rows(2) == [0, 1]
     with pytest.raises(ValueError, match="variable"):
         key_variance_maps.grid_shape("variable", "kv.json")
+
+
+def test_calibration_picks_the_tau_whose_flagged_set_survives_resampling():
+    """Positions 0-1 are constant (nu = 0: flagged at any tau, in every resample); the others vary
+    with nearly equal spreads (nu near 1), so tau = 1 flags a set that changes between resamples."""
+    generator = torch.Generator().manual_seed(1)
+    keys = torch.randn(40, 1, 12, 8, generator=generator) * torch.linspace(0.95, 1.05, 12)[None, None, :, None]
+    keys[:, :, :2] = 3.0
+    cfg = KeyVarianceConfig(tau=0.5, tau_sweep=(1.0, 0.05), calibration_resamples=30, calibration_seed=0)
+    stats = KeyStatistics(layers=(0,), resamples=cfg.calibration_resamples, seed=cfg.calibration_seed)
+    for batch in keys.split(7):
+        stats.update(batch)
+    result = stats.result()
+    assert result.bootstrap_nu.shape == (30, 1, 12)
+    calibration = result.calibrate(cfg)
+    assert calibration["stability"]["0.05"] == 1.0 and calibration["stability"]["1.0"] < 0.9
+    assert (calibration["tau"], calibration["calibrated"], calibration["configured_tau"]) == (0.05, True, 0.5)
+    at_once = KeyStatistics(layers=(0,), resamples=30, seed=0)
+    at_once.update(keys)
+    assert torch.allclose(at_once.result().bootstrap_nu, result.bootstrap_nu)
+    varying = KeyStatistics(layers=(0,), resamples=30, seed=0)
+    varying.update(keys[:, :, 2:])
+    kept = varying.result().calibrate(KeyVarianceConfig(tau=0.5, tau_sweep=(0.01,), calibration_resamples=30))
+    assert (kept["tau"], kept["calibrated"]) == (0.5, False)  # nothing flagged: the configured tau stays

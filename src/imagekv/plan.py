@@ -227,7 +227,7 @@ def key_variance_spec(config: dict, model: str) -> dict:
         "model": model,
         "dataset": section["dataset"],
         "prefix": section["prefix"],
-        "params": {k: section[k] for k in ("tau", "tau_sweep", "cosine_threshold", "ell0_fraction")},
+        "params": {k: v for k, v in section.items() if k not in ("dataset", "prefix")},
     }
 
 
