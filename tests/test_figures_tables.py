@@ -96,6 +96,28 @@ def test_best_layers_by_hand():
     assert row["gain_over_projection"] == pytest.approx(0.2)
     assert row["siglip_minus_best"] == pytest.approx(0.1)
     assert (row["oracle"], row["noise"]) == (0.9, 0.05)
+    assert row["heldout_layer"] == "–" and pd.isna(row["heldout_test"])  # no split rows
+
+
+def test_best_layers_held_out_layer_is_chosen_on_validation_and_scored_on_test():
+    frame = pd.DataFrame(
+        _rows("llava_onevision", "values", [(0, 0.2), (1, 0.5), (2, 0.4)])
+        + _rows("llava_onevision", "values", [(0, 0.1), (1, 0.6), (2, 0.3)], metric="jaccard/split=validation")
+        + _rows("llava_onevision", "values", [(0, 0.3), (1, 0.4), (2, 0.5)], metric="jaccard/split=test")
+        + _rows("llava_onevision", "projection", [(-1, 0.3)])
+        + _rows("llava_onevision", "projection", [(-1, 0.35)], metric="jaccard/split=test")
+    )
+    (row,) = best_layers.summarise(frame).to_dict("records")
+    assert row["heldout_layer"] == "1/3" and (row["heldout_test"], row["oracle_test"]) == (0.4, 0.5)
+    assert row["heldout_gain_over_projection"] == pytest.approx(0.05)
+
+
+def test_honest_equals_oracle_when_validation_is_the_test():
+    test = pd.Series([0.3, 0.7, 0.7, 0.2], index=[0, 1, 2, 3])
+    layer, honest, oracle = best_layers.held_out_choice(test, test)
+    assert (layer, honest, oracle) == (1, 0.7, 0.7)
+    layer, honest, oracle = best_layers.held_out_choice(pd.Series([0.9, 0.1, 0.1, 0.1], index=test.index), test)
+    assert (layer, honest, oracle) == (0, 0.3, 0.7)
 
 
 def test_task_curves_show_summary_metrics_headline_first():

@@ -60,7 +60,7 @@ def test_job_specs_hold_what_their_job_reads(smoke):
     assert "bootstrap_resamples" not in spec["params"]
     assert plan.key_variance_features(smoke, "qwen2_5_vl") == "results/smoke/qwen2_5_vl/coco_pool/features/none"
     assert set(plan.key_variance_spec(smoke, "qwen2_5_vl")["params"]) == {
-        "tau", "tau_sweep", "cosine_threshold", "ell0_fraction"}
+        "tau", "tau_sweep", "cosine_threshold", "ell0_fraction", "calibration_resamples", "calibration_seed"}
     inputs = plan.not_surfaced_inputs(smoke)
     assert "results/smoke/llava_onevision/blink/features/none" in inputs
     assert "results/smoke/llava_onevision/interventions/blink_answers.csv" in inputs

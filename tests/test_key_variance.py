@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from imagekv.figures import key_variance_maps
 from imagekv.interventions.key_variance import KeyStatistics, KeyVarianceConfig
+from imagekv.io import write_json
 
 
 def test_hand_computed_small_case():
@@ -71,3 +73,52 @@ def test_layout_change_and_unknown_config_key_are_refused():
     with pytest.raises(KeyError, match="interventions.key_variance"):
         KeyVarianceConfig.from_config({"taus": [0.1]})
     assert KeyVarianceConfig.from_config({"tau_sweep": [0.3]}).tau_sweep == (0.3,)
+
+
+def test_nu_maps_show_the_grid_in_raster_order_and_mark_the_flagged_positions(tmp_path, monkeypatch):
+    """A 2x3 grid whose position (row 1, col 0) never changes: its cell is the darkest and the only dot."""
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(8, 2, 6, 4, generator=generator)
+    keys[:, :, 3] = 1.0  # layout position 3 = row 1, col 0 of a 2x3 grid
+    stats = KeyStatistics(layers=(0, 5))
+    stats.update(keys)
+    result = stats.result()
+    record = {"model": "llava_onevision", "grid": "2x3", "layers": [0, 5], "tau": 0.1, "num_images": 8,
+              "nu": result.nu.tolist(), "spec": {"dataset": "coco_pool", "prefix": "none"}}
+    write_json(tmp_path / "kv.json", record)
+    drawn = []
+    monkeypatch.setattr(key_variance_maps, "save", lambda fig, outputs: drawn.append(fig))
+    key_variance_maps.plot(tmp_path / "kv.json", [tmp_path / "maps.png"], "smoke", "smoke")
+    (fig,) = drawn
+    panel = fig.axes[0]
+    image = panel.images[0].get_array()
+    assert image.shape == (2, 3) and image.argmin() == 3
+    assert panel.collections[0].get_offsets().tolist() == [[0.0, 1.0]]  # x = col 0, y = row 1
+    assert key_variance_maps.shown_rows(28) == [0, 5, 11, 16, 22, 27]
+    assert key_variance_maps.shown_rows(2) == [0, 1]
+    with pytest.raises(ValueError, match="variable"):
+        key_variance_maps.grid_shape("variable", "kv.json")
+
+
+def test_calibration_picks_the_tau_whose_flagged_set_survives_resampling():
+    """Positions 0-1 are constant (nu = 0: flagged at any tau, in every resample); the others vary
+    with nearly equal spreads (nu near 1), so tau = 1 flags a set that changes between resamples."""
+    generator = torch.Generator().manual_seed(1)
+    keys = torch.randn(40, 1, 12, 8, generator=generator) * torch.linspace(0.95, 1.05, 12)[None, None, :, None]
+    keys[:, :, :2] = 3.0
+    cfg = KeyVarianceConfig(tau=0.5, tau_sweep=(1.0, 0.05), calibration_resamples=30, calibration_seed=0)
+    stats = KeyStatistics(layers=(0,), resamples=cfg.calibration_resamples, seed=cfg.calibration_seed)
+    for batch in keys.split(7):
+        stats.update(batch)
+    result = stats.result()
+    assert result.bootstrap_nu.shape == (30, 1, 12)
+    calibration = result.calibrate(cfg)
+    assert calibration["stability"]["0.05"] == 1.0 and calibration["stability"]["1.0"] < 0.9
+    assert (calibration["tau"], calibration["calibrated"], calibration["configured_tau"]) == (0.05, True, 0.5)
+    at_once = KeyStatistics(layers=(0,), resamples=30, seed=0)
+    at_once.update(keys)
+    assert torch.allclose(at_once.result().bootstrap_nu, result.bootstrap_nu)
+    varying = KeyStatistics(layers=(0,), resamples=30, seed=0)
+    varying.update(keys[:, :, 2:])
+    kept = varying.result().calibrate(KeyVarianceConfig(tau=0.5, tau_sweep=(0.01,), calibration_resamples=30))
+    assert (kept["tau"], kept["calibrated"]) == (0.5, False)  # nothing flagged: the configured tau stays

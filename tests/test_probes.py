@@ -26,6 +26,7 @@ from imagekv.probes.fewshot_seg import episode_counts, query_probabilities, supp
 from imagekv.probes.kmeans import kmeans
 from imagekv.probes.logistic import fit_logistic
 from imagekv.probes.metrics import intersection_union
+from imagekv.probes.splits import split_samples
 
 SIZE, CELLS = 64, 8
 GRID = TokenGrid(CELLS, CELLS, SIZE, SIZE)
@@ -241,21 +242,75 @@ def test_batched_kmeans_finds_sklearn_partition():
 # --- T3 / T4 ------------------------------------------------------------------------------
 
 
+def text_queries(num_images: int, per_image: int = 1, seed: int = 2) -> tuple[list[TextQuery], MemorySource]:
+    rng = np.random.default_rng(seed)
+    id_maps, queries = {}, []
+    for i in range(num_images):
+        object_id = 1 + i % 3
+        id_maps[f"im{i}"] = rectangle_ids(rng, object_id=object_id)
+        mask = pixels((id_maps[f"im{i}"] == object_id).astype(np.uint8))
+        queries += [TextQuery(f"q{i}_{j}", f"im{i}", f"id={object_id}", mask, category=f"c{object_id}")
+                    for j in range(per_image)]
+    return queries, MemorySource(id_maps, num_ids=4)
+
+
 @pytest.mark.parametrize("task", ["semantic_seg", "referring_seg"])
 def test_text_query_perfect_features_reach_max_and_noise_stays_at_chance(task):
     """Chance: a region independent of the object has expected IoU <= f; pointing hits with
     probability f (the foreground fraction)."""
-    rng = np.random.default_rng(2)
-    id_maps, queries = {}, []
-    for i in range(12):
-        object_id = 1 + i % 3
-        id_maps[f"im{i}"] = rectangle_ids(rng, object_id=object_id)
-        mask = pixels((id_maps[f"im{i}"] == object_id).astype(np.uint8))
-        queries.append(TextQuery(f"q{i}", f"im{i}", f"id={object_id}", mask, category=f"c{object_id}"))
-    rows = run_probe(task, queries, MemorySource(id_maps, num_ids=4), {})
+    queries, source = text_queries(12)
+    rows = run_probe(task, queries, source, {})
     f = foreground_fraction([q.mask for q in queries])
     assert value(rows, "miou", 3) >= 0.95 and value(rows, "pointing", 3) == 1.0
     assert value(rows, "miou", 7) <= f + 0.1 and value(rows, "pointing", 7) <= f + 0.25
+
+
+def test_splits_are_disjoint_seeded_and_keep_an_image_s_queries_together():
+    queries, _ = text_queries(11, per_image=2)
+    parts = split_samples(queries, seed=0, tune=3)
+    images = {name: {q.image_id for q in part} for name, part in parts.items()}
+    assert len(images["tune"]) == 3 and {len(images["validation"]), len(images["test"])} == {4}
+    assert not (images["tune"] & images["validation"] or images["tune"] & images["test"]
+                or images["validation"] & images["test"])
+    assert sum(len(p) for p in parts.values()) == len(queries)
+    assert split_samples(queries[::-1], seed=0, tune=3)["tune"][0].image_id in images["tune"]
+    assert {q.image_id for q in split_samples(queries, seed=1, tune=3)["tune"]} != images["tune"]
+    with pytest.raises(ValueError, match="11"):
+        split_samples(queries, seed=0, tune=11)
+
+
+@pytest.mark.parametrize("task", ["semantic_seg", "referring_seg"])
+def test_tau_is_tuned_per_layer_on_held_out_images_only(task):
+    """At the perfect layer the one-hot score map upsamples to a ramp across each object edge, so
+    0.5 puts the mask edge on the cell edge: the best candidate. The tuning images are never scored."""
+    queries, source = text_queries(12)
+    spied = SpySource(source)
+    params = {"tune_images": 4, "tune_thresholds": [0.3, 0.4, 0.5, 0.6, 0.7]}
+    rows = run_probe(task, queries, spied, params, split_seed=0, held_out=True)
+    tuned = {r["layer"]: r["tuned"]["threshold"] for r in rows}
+    assert tuned[3] == 0.5 and tuned[7] in params["tune_thresholds"]
+    assert value(rows, "miou", 3) >= 0.95
+    # read once to tune, never to score; a scored image is read twice: all scored, then its split
+    tuning = {q.image_id for q in split_samples(queries, 0, tune=4)["tune"]}
+    assert {i for i, reads in spied.reads.items() if reads == 1} == tuning
+    assert {i for i, reads in spied.reads.items() if reads == 2} == {q.image_id for q in queries} - tuning
+    counted = [r for r in rows if r["metric"].startswith("pointing") and r["layer"] == 3]
+    assert {r["metric"]: r["n"] for r in counted} == {
+        "pointing": 8, "pointing/split=validation": 4, "pointing/split=test": 4}
+
+
+class SpySource:
+    """A FeatureSource that records which images are read."""
+
+    def __init__(self, source):
+        self.source, self.layers, self.reads = source, source.layers, {}
+
+    def features(self, image_id):
+        self.reads[image_id] = self.reads.get(image_id, 0) + 1
+        return self.source.features(image_id)
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
 
 
 # --- T5 -----------------------------------------------------------------------------------

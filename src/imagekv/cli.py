@@ -19,7 +19,9 @@ FIGURES = {
     "task_curves": "imagekv.figures.task_curves",
     "qualitative_examples": "imagekv.figures.qualitative",
     "key_variance": "imagekv.figures.key_variance",
+    "key_variance_maps": "imagekv.figures.key_variance_maps",
     "prefix_probes": "imagekv.figures.prefix_probes",
+    "correlation": "imagekv.figures.correlation",
 }
 TABLES = {
     "best_layers": "imagekv.tables.best_layers",
@@ -103,7 +105,8 @@ def probe(args: argparse.Namespace) -> None:
     dataset = load_dataset(spec["dataset"], Path(spec["dataset_root"]), spec["dataset_cfg"])
     store = FeatureStore(Path(args.features))
     features = store.view(spec["stored"])
-    rows = run_probe(spec["task"], dataset.samples(), features, spec["params"])
+    rows = run_probe(spec["task"], dataset.samples(), features, spec["params"], split_seed=spec["split_seed"],
+                     held_out=True)
     write_results(tidy_rows(spec, rows, grid=store.grid_label()), args.output)
 
 

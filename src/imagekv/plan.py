@@ -147,6 +147,7 @@ def probe_spec(config: dict, backbone: str, dataset: str, prefix: str, represent
         "dataset_cfg": loader_cfg(config, dataset),
         "prefix": prefix,
         "params": {k: v for k, v in config["probes"][task].items() if k != "dataset"},
+        "split_seed": config["probing"]["split_seed"],
         "device": config["device"],
         "seed": config["seed"],
     }
@@ -243,7 +244,7 @@ def key_variance_spec(config: dict, model: str) -> dict:
         "model": model,
         "dataset": section["dataset"],
         "prefix": section["prefix"],
-        "params": {k: section[k] for k in ("tau", "tau_sweep", "cosine_threshold", "ell0_fraction")},
+        "params": {k: v for k, v in section.items() if k not in ("dataset", "prefix")},
     }
 
 

@@ -23,13 +23,14 @@ SORT_KEYS = ["run", "model", "representation", "task", "dataset", "prefix", "lay
 
 def tidy_rows(spec: dict, rows: Iterable[dict], grid: str) -> pd.DataFrame:
     """Attach the identifying columns of `spec` and the token grid ("27x27") to a probe's
-    {layer, metric, value, n} rows."""
-    frame = pd.DataFrame(list(rows), columns=["layer", "metric", "value", "n"])
+    {layer, metric, value, n} rows; a row's "tuned" values (T3/T4 tau) override its params."""
+    rows = list(rows)
+    frame = pd.DataFrame(rows, columns=["layer", "metric", "value", "n"])
     frame["grid"] = grid
     for key in ("run", "model", "representation", "task", "dataset", "prefix"):
         frame[key] = spec[key]
     frame["config_hash"] = spec_hash(spec)
-    frame["params"] = canonical_json(spec["params"])
+    frame["params"] = [canonical_json(spec["params"] | row.get("tuned", {})) for row in rows]
     return frame[COLUMNS]
 
 

@@ -51,7 +51,8 @@ if plan.qualitative_spec(config):
     FIGURES.append("qualitative_examples")
 TABLES = ["best_layers", "paper_comparison"]
 if plan.interventions(config):
-    FIGURES += ["key_variance", "prefix_probes"]
+    FIGURES += ["key_variance", "prefix_probes", "correlation"]
+    FIGURES += [f"key_variance_maps_{model}" for model in sorted(config["models"])]
     TABLES += [
         "artifact_masking",
         "blocking",

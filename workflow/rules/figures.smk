@@ -132,3 +132,26 @@ rule table_paper_comparison:
         "python -m imagekv table paper_comparison --input {input.reported:q}"
         " --run {wildcards.run} --scale {params.scale} --output {params.stem:q}"
         " > {log:q} 2>&1"
+
+
+rule figure_correlation:
+    input:
+        results=plan.intervention_path("{run}", "correlation.json"),
+        code=FIGURE_CODE + ["src/imagekv/figures/correlation.py"],
+    output:
+        pdf="figures/{run}/correlation.pdf",
+        png=report(
+            "figures/{run}/correlation.png",
+            caption="../report/correlation_figure.rst",
+            category="Interventions",
+        ),
+    log:
+        "logs/{run}/figures/correlation.log",
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        scale=config["scale"],
+    shell:
+        "python -m imagekv figure correlation --input {input.results:q}"
+        " --run {wildcards.run} --scale {params.scale} --output {output.pdf:q} {output.png:q}"
+        " > {log:q} 2>&1"

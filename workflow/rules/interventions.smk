@@ -165,7 +165,7 @@ rule correlation:
         " --accuracy {input.accuracy:q} --output {output:q} > {log:q} 2>&1"
 
 
-# Figures (R-F5a, R-F6) and tables (R-T2, R-T3, R-T4, R-F4's numbers) of the interventions.
+# Figures (R-F5a, R-F5b, R-F6) and tables (R-T2, R-T3, R-T4, R-F4's numbers) of the interventions.
 
 
 rule figure_key_variance:
@@ -188,6 +188,31 @@ rule figure_key_variance:
         name="key_variance",
     shell:
         "python -m imagekv figure {params.name} --input {input.results:q}"
+        " --run {wildcards.run} --scale {params.scale} --output {output.pdf:q} {output.png:q}"
+        " > {log:q} 2>&1"
+
+
+rule figure_key_variance_maps:
+    input:
+        results=plan.intervention_path("{run}", "key_variance.json", "{backbone}"),
+        code=FIGURE_CODE + ["src/imagekv/figures/key_variance_maps.py"],
+    output:
+        pdf="figures/{run}/key_variance_maps_{backbone}.pdf",
+        png=report(
+            "figures/{run}/key_variance_maps_{backbone}.png",
+            caption="../report/key_variance_maps.rst",
+            category="Interventions",
+        ),
+    log:
+        "logs/{run}/figures/key_variance_maps_{backbone}.log",
+    wildcard_constraints:
+        backbone="|".join(MLMS),
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        scale=config["scale"],
+    shell:
+        "python -m imagekv figure key_variance_maps --input {input.results:q}"
         " --run {wildcards.run} --scale {params.scale} --output {output.pdf:q} {output.png:q}"
         " > {log:q} 2>&1"
 

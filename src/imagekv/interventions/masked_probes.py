@@ -77,7 +77,8 @@ def masked_probes(spec: dict, flags_path: Path, output: Path) -> None:
         for layer, by_condition in sets.items():
             for condition, excluded in by_condition.items():
                 source = LayerView(view, view.layers.index(layer), excluded)
-                rows = tidy_rows(probe_spec, run_probe(task, dataset.samples(), source, task_spec["params"]),
+                rows = tidy_rows(probe_spec, run_probe(task, dataset.samples(), source, task_spec["params"],
+                                           split_seed=task_spec["split_seed"]),
                                  grid=store.grid_label())
                 frames.append(rows.assign(condition=condition, excluded=int(excluded.sum())))
     frame = pd.concat(frames, ignore_index=True).assign(masking=canonical_json(masking))

@@ -22,7 +22,7 @@ from imagekv.features import FeatureStore
 from imagekv.images import load_rgb
 from imagekv.interventions.blocking import all_image_keys, random_control
 from imagekv.interventions.correlation import projection_correlation
-from imagekv.interventions.key_variance import KeyStatistics, KeyVarianceConfig, KeyVarianceResult
+from imagekv.interventions.key_variance import KeyStatistics, KeyVarianceConfig, KeyVarianceResult, calibrated
 from imagekv.interventions.multiple_choice import (
     LETTERS,
     AnswerLayout,
@@ -65,14 +65,14 @@ def _stamp(frame: pd.DataFrame, spec: dict) -> pd.DataFrame:
 KEY_VARIANCE_SORT = ("model", "metric", "threshold", "layer")
 
 
-def key_statistics(store: FeatureStore) -> KeyVarianceResult:
+def key_statistics(store: FeatureStore, cfg: KeyVarianceConfig = KeyVarianceConfig()) -> KeyVarianceResult:
     """Cross-image key statistics (and mean value norms) of every position of a fixed-layout store."""
     if store.grid_label() == "variable":
         raise ValueError(
             f"{store.manifest_path}: the images have different token grids; key variance needs one fixed "
             "layout (models.<name>.view: base, or resolution: fixed)"
         )
-    stats = KeyStatistics(store.layers)
+    stats = KeyStatistics(store.layers, cfg.calibration_resamples, cfg.calibration_seed)
     for image_id in store.image_ids:
         keys, values = (store.features(image_id, name) for name in ("keys", "values"))
         stats.update(keys.flatten(1, 2)[None], values.flatten(1, 2)[None])
@@ -81,9 +81,11 @@ def key_statistics(store: FeatureStore) -> KeyVarianceResult:
 
 def key_variance(spec: dict, features: Path, json_output: Path, csv_output: Path) -> None:
     store = FeatureStore(features)
-    result = key_statistics(store)
     cfg = KeyVarianceConfig.from_config(spec["params"])
+    result = key_statistics(store, cfg)
+    cfg, calibration = calibrated(result, cfg)  # tau per model (SPEC E4.1), when asked for
     record = result.summary(cfg) | {
+        "calibration": calibration,
         "model": spec["model"],
         "grid": store.grid_label(),
         "nu": result.nu.tolist(),

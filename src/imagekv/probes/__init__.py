@@ -5,6 +5,11 @@ bound, and the probe's hyperparameters, and returns tidy rows
 {"layer": int, "metric": str, "value": float, "n": int}; breakdowns are encoded in the metric name
 ("miou/fold=0", "pck@0.1/category=cat"). The caller adds run, model, representation, task, config
 hash and params.
+
+A probe may also have a tuner: run on the held-out tuning split, it returns per-layer values of
+hyperparameters (T3/T4: tau) that the scored run then uses and every row records in its params.
+`run_probe` draws the splits (imagekv.probes.splits) and, for the held-out layer choice, also
+reports each metric on the validation and the test split ("miou/split=test").
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 
 from imagekv.datasets.schema import Sample
 from imagekv.grid import TokenGrid
+from imagekv.probes.splits import DEFAULT_SEED, split_samples
 
 
 class FeatureSource(Protocol):
@@ -39,18 +45,20 @@ class FeatureSource(Protocol):
 
 
 ProbeFn = Callable[[Iterable[Sample], FeatureSource, dict], list[dict]]
+TuneFn = Callable[[Iterable[Sample], FeatureSource, dict], dict[str, list]]  # name -> value per layer
+HELD_OUT_SPLITS = ("validation", "test")
 
 
-def _registry() -> dict[str, tuple[ProbeFn, dict]]:
+def _registry() -> dict[str, tuple[ProbeFn, dict, TuneFn | None]]:
     from imagekv.probes import coseg, correspondence, fewshot_seg, temporal, text_query_seg
 
     return {
-        "fewshot_seg": (fewshot_seg.run, fewshot_seg.DEFAULTS),
-        "coseg": (coseg.run, coseg.DEFAULTS),
-        "semantic_seg": (text_query_seg.run_semantic, text_query_seg.DEFAULTS),
-        "referring_seg": (text_query_seg.run_referring, text_query_seg.DEFAULTS),
-        "semantic_corr": (correspondence.run, correspondence.DEFAULTS),
-        "temporal_corr": (temporal.run, temporal.DEFAULTS),
+        "fewshot_seg": (fewshot_seg.run, fewshot_seg.DEFAULTS, None),
+        "coseg": (coseg.run, coseg.DEFAULTS, None),
+        "semantic_seg": (text_query_seg.run_semantic, text_query_seg.DEFAULTS, text_query_seg.tune_semantic),
+        "referring_seg": (text_query_seg.run_referring, text_query_seg.DEFAULTS, text_query_seg.tune_referring),
+        "semantic_corr": (correspondence.run, correspondence.DEFAULTS, None),
+        "temporal_corr": (temporal.run, temporal.DEFAULTS, None),
     }
 
 
@@ -68,12 +76,34 @@ def resolve_params(task: str, params: dict) -> dict:
     return {**defaults, **params}
 
 
-def run_probe(task: str, samples: Iterable[Sample], features: FeatureSource, params: dict) -> list[dict]:
-    run, _ = _lookup(task)
-    return run(samples, features, resolve_params(task, params))
+def run_probe(
+    task: str, samples: Iterable[Sample], features: FeatureSource, params: dict,
+    split_seed: int = DEFAULT_SEED, held_out: bool = False,
+) -> list[dict]:
+    """Rows of every sample outside the tuning split (the task's `tune_images`, if any); with
+    `held_out`, also each metric on the validation and on the test split. Rows of a tuned probe
+    carry {"tuned": {name: value at the row's layer}}."""
+    run, _, tune = _lookup(task)
+    params = resolve_params(task, params)
+    samples = list(samples)
+    tuning = params.get("tune_images", 0) if tune else 0
+    if not (tuning or held_out):
+        return run(samples, features, params)
+    parts = split_samples(samples, split_seed, tuning)
+    tuned = tune(parts["tune"], features, params) if tuning else {}
+    params = params | tuned
+    tuning_ids = {id(s) for s in parts["tune"]}
+    rows = run([s for s in samples if id(s) not in tuning_ids], features, params)
+    for split in HELD_OUT_SPLITS if held_out else ():
+        if parts[split]:
+            rows += [row | {"metric": f"{row['metric']}/split={split}"} for row in run(parts[split], features, params)]
+    if tuned:
+        index = {layer: i for i, layer in enumerate(features.layers)}
+        rows = [row | {"tuned": {k: v[index[row["layer"]]] for k, v in tuned.items()}} for row in rows]
+    return rows
 
 
-def _lookup(task: str) -> tuple[ProbeFn, dict]:
+def _lookup(task: str) -> tuple[ProbeFn, dict, TuneFn | None]:
     registry = _registry()
     if task not in registry:
         raise KeyError(f"unknown probe task {task!r}; known: {sorted(registry)}")

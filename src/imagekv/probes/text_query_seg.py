@@ -2,8 +2,10 @@
 
 Per layer, the value of the text's last token is matched against every image value (dot product
 by default, cosine as a variant); the score map is min-max normalised per image, bilinearly
-upsampled and thresholded at tau. T3 scores mIoU over classes (intersections and unions summed per
-class over its images); T4 the mean IoU over expressions. Both also report pointing accuracy: the
+upsampled and thresholded at tau: one fixed value, or per layer the best of a candidate grid on
+held-out tuning images (SPEC T3; `tune_images`, the split drawn by imagekv.probes.splits). T3
+scores mIoU over classes (intersections and unions summed per class over its images); T4 the mean
+IoU over expressions. Both also report pointing accuracy: the
 fraction of queries whose arg-max token has its cell centre on the ground-truth mask.
 """
 
@@ -20,40 +22,73 @@ from imagekv.probes.features import kept_tokens, l2_normalize, probe_device, to_
 from imagekv.probes.metrics import class_miou, intersection_union, iou, pointing_hit
 
 DEFAULTS = {
-    "threshold": 0.5,  # tau on the min-max normalised, upsampled score map
+    "threshold": 0.5,  # tau on the min-max normalised, upsampled score map, where not tuned
     "similarity": "dot",  # "dot" (the paper) or "cosine"
+    "tune_images": 0,  # images held out to tune tau per layer (SPEC T3: 50); 0 = the fixed threshold
+    "tune_thresholds": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # the candidates for tau
 }
 SIMILARITIES = ("dot", "cosine")
 
 
+def semantic_miou(classes: list[str], counts: np.ndarray) -> np.ndarray:
+    """T3: mIoU over classes (intersections and unions summed per class). counts [Q, 2, ...]."""
+    return class_miou(classes, counts[:, 0], counts[:, 1])
+
+
+def referring_miou(classes: list[str], counts: np.ndarray) -> np.ndarray:
+    """T4: mean IoU over expressions. counts [Q, 2, ...]."""
+    return iou(counts[:, 0], counts[:, 1]).mean(0)
+
+
 def run_semantic(samples: Iterable[TextQuery], source: FeatureSource, params: dict) -> list[dict]:
     """T3: mIoU over classes (the query's `category`, else its text)."""
-    classes, counts, hits = _score_queries(samples, source, params)
-    miou = class_miou(classes, counts[:, 0], counts[:, 1])
-    return _rows(source, miou, hits, len(set(classes)))
+    return _run(samples, source, params, semantic_miou)
 
 
 def run_referring(samples: Iterable[TextQuery], source: FeatureSource, params: dict) -> list[dict]:
     """T4: mean IoU over expressions."""
-    _, counts, hits = _score_queries(samples, source, params)
-    return _rows(source, iou(counts[:, 0], counts[:, 1]).mean(0), hits, len(counts))
+    return _run(samples, source, params, referring_miou)
 
 
-def _rows(source: FeatureSource, miou: np.ndarray, hits: np.ndarray, n_miou: int) -> list[dict]:
-    return metric_rows(source.layers, "miou", miou, n_miou) + metric_rows(
+def tune_semantic(samples: Iterable[TextQuery], source: FeatureSource, params: dict) -> dict:
+    return _tune(samples, source, params, semantic_miou)
+
+
+def tune_referring(samples: Iterable[TextQuery], source: FeatureSource, params: dict) -> dict:
+    return _tune(samples, source, params, referring_miou)
+
+
+def _run(samples, source: FeatureSource, params: dict, metric) -> list[dict]:
+    """`params["threshold"]` is one tau or one per layer of `source` (as `_tune` chose them)."""
+    taus = np.broadcast_to(np.asarray(params["threshold"], dtype=float), (len(source.layers),))
+    classes, counts, hits = _score_queries(samples, source, params["similarity"], taus[None])
+    n_miou = len(set(classes)) if metric is semantic_miou else len(counts)
+    return metric_rows(source.layers, "miou", metric(classes, counts)[0], n_miou) + metric_rows(
         source.layers, "pointing", hits.mean(0), len(hits)
     )
 
 
-def _score_queries(samples, source, params) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Per query: its class, [2, L] intersection and union, [L] pointing hits."""
-    if params["similarity"] not in SIMILARITIES:
-        raise ValueError(f"probes: similarity must be one of {SIMILARITIES}, got {params['similarity']!r}")
+def _tune(samples, source: FeatureSource, params: dict, metric) -> dict:
+    """{"threshold": per layer of `source`, the candidate tau with the best metric on `samples`}
+    (the first candidate among equals)."""
+    candidates = np.asarray(params["tune_thresholds"], dtype=float)
+    if not len(candidates):
+        raise ValueError("text query probe: tune_thresholds is empty")
+    grid = np.repeat(candidates[:, None], len(source.layers), axis=1)  # [K, L]
+    classes, counts, _ = _score_queries(samples, source, params["similarity"], grid)
+    return {"threshold": candidates[metric(classes, counts).argmax(0)].tolist()}
+
+
+def _score_queries(samples, source, similarity: str, taus: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per query: its class, [2, K, L] intersection and union at each row of `taus` [K, L], [L]
+    pointing hits."""
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"probes: similarity must be one of {SIMILARITIES}, got {similarity!r}")
     classes, counts, hits = [], [], []
     for query in samples:
-        scores = query_scores(query, source, params["similarity"])  # [L, T] in [0, 1]
+        scores = query_scores(query, source, similarity)  # [L, T] in [0, 1]
         grid = source.grid(query.image_id)
-        pred = to_pixels(scores, grid) >= params["threshold"]
+        pred = to_pixels(scores, grid)[None] >= taus[:, :, None, None]  # [K, L, H, W]
         counts.append(np.stack(intersection_union(pred, query.mask)))
         centres = grid.centers()[scores.argmax(1).cpu().numpy()]
         hits.append([pointing_hit(tuple(c), query.mask) for c in centres])

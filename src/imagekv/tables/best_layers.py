@@ -5,12 +5,18 @@ the score at the last layer, the gain of the best layer over the projector outpu
 its input" claim), SigLIP minus the best layer (the "MLM finetuning costs information" claim: > 0
 where SigLIP wins), and the oracle and noise references. This is the SPEC's SigLIP comparison
 (R-T1) for every model, not only LLaVA-OneVision.
+
+`best` picks the layer on the very data it scores (biased upward). The held-out columns pick it on
+the validation split and score it on the disjoint test split (imagekv.probes.splits):
+`heldout_test` (honest) beside `oracle_test` (the best test-split layer), and the honest gain over
+the projector output on the same test split.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from imagekv.figures.layerwise import headline_rows
@@ -22,8 +28,24 @@ from imagekv.tables import write_table
 CAPTION = "Best LM layer of the image-value probes against the projector input and reference encoders"
 
 
+def held_out_choice(validation: pd.Series, test: pd.Series) -> tuple[float, float, float]:
+    """(layer, honest, oracle) from per-layer scores indexed by layer: the layer best on
+    `validation` (the first among equals), its `test` score, and the best `test` score."""
+    if validation.empty or test.empty:
+        return np.nan, np.nan, np.nan
+    layer = validation.idxmax()
+    return layer, float(test.get(layer, np.nan)), float(test.max())
+
+
+def split_rows(frame: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The headline metric of each task on one held-out split ("validation", "test")."""
+    wanted = frame["task"].map(HEADLINE_METRICS) + f"/split={split}"
+    return frame[(frame["metric"] == wanted) & (frame["prefix"] == "none")]
+
+
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     rows = headline_rows(frame)
+    splits = {split: split_rows(frame, split) for split in ("validation", "test")}
     references = {
         rep: rows[rows["representation"] == rep].groupby("task")["value"].max()
         for rep in ("siglip", "oracle", "noise")
@@ -35,6 +57,9 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         projection = rows[(rows["model"] == model) & (rows["task"] == task) & (rows["representation"] == "projection")]["value"]
         proj = float(projection.iloc[0]) if len(projection) else float("nan")
         reference = {rep: float(values.get(task, float("nan"))) for rep, values in references.items()}
+        curves = {split: _curve(part, model, task, "values") for split, part in splits.items()}
+        layer, honest, oracle_test = held_out_choice(curves["validation"], curves["test"])
+        projection_test = _curve(splits["test"], model, task, "projection")
         records.append({
             "model": MODEL_LABELS.get(model, model),
             "task": task,
@@ -45,6 +70,10 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
             "last": float(last["value"]),
             "projection": proj,
             "gain_over_projection": float(best["value"]) - proj,
+            "heldout_layer": "–" if np.isnan(layer) else f"{int(layer)}/{int(last['layer']) + 1}",
+            "heldout_test": honest,
+            "oracle_test": oracle_test,
+            "heldout_gain_over_projection": honest - float(projection_test.max()) if len(projection_test) else np.nan,
             "siglip": reference["siglip"],
             "siglip_minus_best": reference["siglip"] - float(best["value"]),
             "oracle": reference["oracle"],
@@ -53,6 +82,12 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame.from_records(records)
     table["task"] = pd.Categorical(table["task"], categories=TASK_ORDER, ordered=True)
     return table.sort_values(["task", "model"]).reset_index(drop=True).astype({"task": str})
+
+
+def _curve(rows: pd.DataFrame, model: str, task: str, representation: str) -> pd.Series:
+    """Score per layer of one (model, task, representation)."""
+    match = rows[(rows["model"] == model) & (rows["task"] == task) & (rows["representation"] == representation)]
+    return match.set_index("layer")["value"].sort_index()
 
 
 def write(results: str | Path, stem: str | Path, run: str, scale: str) -> None:

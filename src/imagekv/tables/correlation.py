@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imagekv.figures.style import MODEL_LABELS, Provenance
+from imagekv.figures.correlation import provenance
+from imagekv.figures.style import MODEL_LABELS
 from imagekv.io import read_json
 from imagekv.tables import write_table
 
@@ -37,9 +38,4 @@ def _number(value: float | None) -> float:
 
 def write(results: str | Path, stem: str | Path, run: str, scale: str) -> None:
     result = read_json(results)
-    provenance = Provenance(
-        run=run, scale=scale, models=result["spec"]["models"], grid="probe grids", prefix="none",
-        samples=f"tasks={','.join(result['tasks'])}; perception=BLINK {result['spec']['subtask']} "
-                f"({result['spec']['condition']})",
-    )
-    write_table(summarise(result), stem, CAPTION, provenance)
+    write_table(summarise(result), stem, CAPTION, provenance(result, run, scale))
