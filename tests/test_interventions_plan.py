@@ -13,7 +13,7 @@ import yaml
 from imagekv import plan
 from imagekv.config import ConfigError, validate_config
 from imagekv.datasets.schema import BlinkItem
-from imagekv.interventions import workflow
+from imagekv.interventions import blink_run, key_variance_run, not_surfaced_run
 from imagekv.interventions.key_variance import KeyStatistics, KeyVarianceConfig
 from imagekv.interventions.multiple_choice import AnswerLayout, question_text
 
@@ -70,11 +70,11 @@ FLAGS = {"layers": [0, 1, 2, 3], "ell0": 2, "flagged_positions": [[5], [], [0, 3
 
 
 def test_flagged_positions_from_ell0_or_in_a_band():
-    from_ell0 = workflow.flagged_layout_positions(FLAGS, "from_ell0")
+    from_ell0 = key_variance_run.flagged_layout_positions(FLAGS, "from_ell0")
     assert {k: v.tolist() for k, v in from_ell0.items()} == {2: [0, 3], 3: [1]}
-    band = workflow.flagged_layout_positions(FLAGS, [0, 2])
+    band = key_variance_run.flagged_layout_positions(FLAGS, [0, 2])
     assert {k: v.tolist() for k, v in band.items()} == {0: [5], 2: [0, 3]}
-    assert workflow.flagged_layout_positions(FLAGS | {"ell0": None}, "from_ell0") == {}
+    assert key_variance_run.flagged_layout_positions(FLAGS | {"ell0": None}, "from_ell0") == {}
 
 
 # Two images of 6 tokens each at positions 10..15 and 20..25; their 4-position layouts sit at token
@@ -85,18 +85,18 @@ FLAGGED = {2: torch.tensor([0, 3]), 3: torch.tensor([1])}
 
 
 def test_each_condition_blocks_what_it_says():
-    assert workflow.block_rule("none", FLAGGED, OFFSETS, seed=0) is None
-    flagged = workflow.block_rule("flagged", FLAGGED, OFFSETS, seed=0)(LAYOUT)
+    assert blink_run.block_rule("none", FLAGGED, OFFSETS, seed=0) is None
+    flagged = blink_run.block_rule("flagged", FLAGGED, OFFSETS, seed=0)(LAYOUT)
     assert {k: v.tolist() for k, v in flagged.items()} == {2: [10, 13, 20, 23], 3: [11, 21]}
-    random = workflow.block_rule("random", FLAGGED, OFFSETS, seed=0)(LAYOUT)
+    random = blink_run.block_rule("random", FLAGGED, OFFSETS, seed=0)(LAYOUT)
     grid = {10, 11, 12, 13, 20, 21, 22, 23}
     assert {k: len(v) for k, v in random.items()} == {2: 4, 3: 2}
     assert all(set(v.tolist()) <= grid and len(set(v.tolist())) == len(v) for v in random.values())
-    every = workflow.block_rule("all_image", FLAGGED, OFFSETS, seed=0)(LAYOUT)
+    every = blink_run.block_rule("all_image", FLAGGED, OFFSETS, seed=0)(LAYOUT)
     assert {k: v.tolist() for k, v in every.items()} == {2: [*range(10, 16), *range(20, 26)],
                                                          3: [*range(10, 16), *range(20, 26)]}
     with pytest.raises(ValueError, match="unknown blocking condition"):
-        workflow.block_rule("everything", FLAGGED, OFFSETS, seed=0)
+        blink_run.block_rule("everything", FLAGGED, OFFSETS, seed=0)
 
 
 def test_the_answer_instruction_is_added_once():
@@ -120,7 +120,7 @@ def test_accuracy_per_subtask_with_the_paired_difference(tmp_path):
     pd.DataFrame(_answers("none", [True, False, False, False]) + _answers("flagged", [True, True, False, True])
                  ).to_csv(answers, index=False)
     output = tmp_path / "accuracy.csv"
-    workflow.blink_accuracy({"baseline": "none", "resamples": 200, "seed": 0}, [answers], output)
+    blink_run.blink_accuracy({"baseline": "none", "resamples": 200, "seed": 0}, [answers], output)
     table = pd.read_csv(output).set_index(["condition", "subtask"])
     assert table.loc[("none", "Art_Style"), "accuracy"] == 0.5
     assert table.loc[("none", "overall"), "accuracy"] == 0.25
@@ -140,7 +140,7 @@ def test_key_variance_rows_per_layer_and_threshold():
     stats = KeyStatistics([5])
     stats.update(keys, values=torch.ones(3, 1, 4, 2))
     cfg = KeyVarianceConfig(tau=0.1, tau_sweep=(0.1,), cosine_threshold=0.95)
-    rows = workflow.key_variance_rows(stats.result(), cfg, "m", "2x2").set_index(["metric", "threshold"])
+    rows = key_variance_run.key_variance_rows(stats.result(), cfg, "m", "2x2").set_index(["metric", "threshold"])
     assert rows.loc[("flagged_fraction", 0.1), "value"] == 0.25
     assert rows.loc[("flagged_fraction", 0.1), "layer"] == 5
     assert rows.loc[("cosine_flagged_fraction", 0.95), "value"] >= 0.25
@@ -168,10 +168,10 @@ def test_the_readout_picks_the_candidate_like_the_reference():
               "b/1": tokens(ref), "b/2": tokens(alike), "b/3": tokens(other)}
     items = [BlinkItem("a", "Art_Style", "?", ("x", "y"), "B", ("a/1", "a/2", "a/3")),
              BlinkItem("b", "Art_Style", "?", ("x", "y"), "A", ("b/1", "b/2", "b/3"))]
-    report = workflow.subtask_report(ValueStore(values), items, ["A", "A"], "mean", split_seed=0)
+    report = not_surfaced_run.subtask_report(ValueStore(values), items, ["A", "A"], "mean", split_seed=0)
     assert report["readout_accuracy"] == [1.0, 1.0]
     assert report["model_accuracy"] == 0.5
     assert report["oracle"]["not_surfaced"] == 0.5  # item a: read-out right, model wrong
     with pytest.raises(ValueError, match="reference image plus one image per option"):
-        workflow.subtask_report(ValueStore(values), [BlinkItem("c", "Art_Style", "?", ("x",) * 3, "A", ("a/1",))],
+        not_surfaced_run.subtask_report(ValueStore(values), [BlinkItem("c", "Art_Style", "?", ("x",) * 3, "A", ("a/1",))],
                                 ["A"], "mean", split_seed=0)
