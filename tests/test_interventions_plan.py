@@ -4,6 +4,7 @@ the accuracy table with its paired differences, and the key-variance and read-ou
 from __future__ import annotations
 
 import copy
+import json
 
 import pandas as pd
 import pytest
@@ -13,9 +14,12 @@ import yaml
 from imagekv import plan
 from imagekv.config import ConfigError, validate_config
 from imagekv.datasets.schema import BlinkItem
+from imagekv.datasets.synthetic import write_synthetic
 from imagekv.interventions import blink_run, key_variance_run, not_surfaced_run
 from imagekv.interventions.key_variance import KeyStatistics, KeyVarianceConfig
 from imagekv.interventions.multiple_choice import AnswerLayout, question_text
+from imagekv.results import read_table
+from workflow_runs import ROOT, failure_details, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +68,64 @@ def test_job_specs_hold_what_their_job_reads(smoke):
     inputs = plan.not_surfaced_inputs(smoke)
     assert "results/smoke/llava_onevision/blink/features/none" in inputs
     assert "results/smoke/llava_onevision/interventions/blink_answers.csv" in inputs
+
+
+def test_qwen_answers_for_e2_and_e6_at_native_resolution_blocking_at_its_fixed_grid(smoke):
+    """SPEC E4: only the blocking run forces Qwen2.5-VL to the fixed grid, with its own unblocked
+    baseline there; E6 and E2 read its answers at native resolution."""
+    blocking = plan.blink_spec(smoke, "qwen2_5_vl")
+    assert blocking["model_cfg"]["resolution"] == "fixed" and "answers" not in blocking["model_cfg"]
+    assert plan.BASELINE_CONDITION in blocking["params"]["conditions"]  # blocking's own baseline
+    own = plan.perception_answers_spec(smoke, "qwen2_5_vl")
+    assert own["model_cfg"]["resolution"] == "native" and own["params"]["conditions"] == [plan.BASELINE_CONDITION]
+    native = "results/smoke/qwen2_5_vl/interventions/blink_perception_answers.csv"
+    fixed = "results/smoke/qwen2_5_vl/interventions/blink_answers.csv"
+    assert plan.answer_override_models(smoke) == ["qwen2_5_vl"]
+    assert plan.not_surfaced_spec(smoke)["models"]["qwen2_5_vl"]["answers"] == native
+    inputs = plan.not_surfaced_inputs(smoke)
+    assert native in inputs and fixed not in inputs
+    # E2's perception score: the collected accuracy of the same answers (the perception_accuracy rule)
+    assert plan.perception_answer_inputs(smoke) == [
+        "results/smoke/llava_next/interventions/blink_answers.csv",
+        "results/smoke/llava_onevision/interventions/blink_answers.csv",
+        native,
+    ]
+    # the override touches neither extraction nor the stores E6 reads
+    assert "answers" not in plan.extraction_spec(smoke, "qwen2_5_vl", "blink", "none")["model_cfg"]
+    plain = copy.deepcopy(smoke)
+    del plain["models"]["qwen2_5_vl"]["answers"]
+    assert plan.extraction_spec(plain, "qwen2_5_vl", "blink", "none") == plan.extraction_spec(
+        smoke, "qwen2_5_vl", "blink", "none")
+    assert plan.perception_answers(plain, "qwen2_5_vl") == fixed
+
+
+def test_the_workflow_scores_e2_on_the_native_answers_and_blocking_on_its_own(smoke):
+    dry = snakemake(["-n", "--forceall", "--printshellcmds", "results/smoke/interventions/correlation.json",
+                     "paper_tables/smoke/blocking.csv"], ROOT, timeout=300)
+    assert dry.returncode == 0, failure_details(dry)
+    commands = dry.stdout.splitlines()
+    correlation = next(line for line in commands if "imagekv correlation" in line)
+    assert "--accuracy results/smoke/interventions/perception_accuracy.csv" in correlation
+    perception = next(line for line in commands if "imagekv blink-accuracy" in line and "perception_accuracy" in line)
+    assert "qwen2_5_vl/interventions/blink_perception_answers.csv" in perception
+    assert "qwen2_5_vl/interventions/blink_answers.csv" not in perception
+    blocking = next(line for line in commands if "imagekv blink-accuracy" in line and "/blink_accuracy.csv" in line)
+    assert "qwen2_5_vl/interventions/blink_answers.csv" in blocking and "perception" not in blocking
+
+
+def test_the_native_answers_file_records_the_setting_it_was_answered_in(smoke, tmp_path):
+    spec = plan.perception_answers_spec(smoke, "qwen2_5_vl") | {
+        "dataset_root": str(tmp_path / "blink"), "device": "cpu", "dtype": "float32"}
+    spec["dataset_cfg"] = spec["dataset_cfg"] | {"items_per_subtask": 1, "derived_dir": str(tmp_path / "derived")}
+    write_synthetic("blink", tmp_path / "blink", spec["dataset_cfg"], seed=0)
+    output = tmp_path / "answers.csv"
+    blink_run.blink_answers(spec, None, output)
+    answers = read_table(output)
+    assert set(answers["condition"]) == {"none"}
+    assert {json.loads(cfg)["resolution"] for cfg in answers["model_cfg"]} == {"native"}
+    blocking = spec | {"params": spec["params"] | {"conditions": ["none", "flagged"]}}
+    with pytest.raises(ValueError, match="needs the model's flags"):
+        blink_run.blink_answers(blocking, None, tmp_path / "blocked.csv")
 
 
 FLAGS = {"layers": [0, 1, 2, 3], "ell0": 2, "flagged_positions": [[5], [], [0, 3], [1]]}

@@ -112,7 +112,7 @@ def blink_answers(args: argparse.Namespace) -> None:
     from imagekv.interventions.blink_run import blink_answers as run
 
     _limit_threads(args.threads)
-    run(json.loads(args.spec), Path(args.flags), Path(args.output))
+    run(json.loads(args.spec), Path(args.flags) if args.flags else None, Path(args.output))
 
 
 def blink_accuracy(args: argparse.Namespace) -> None:
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--flags", required=True, help="the model's key_variance.json")
     sub.add_argument("--output", required=True)
     sub = command("blink-answers", blink_answers, threads=True)
-    sub.add_argument("--flags", required=True, help="the model's key_variance.json")
+    sub.add_argument("--flags", help="the model's key_variance.json (needed to block)")
     sub.add_argument("--output", required=True)
     sub = command("blink-accuracy", blink_accuracy)
     sub.add_argument("--output", required=True)

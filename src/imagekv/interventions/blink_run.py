@@ -72,24 +72,31 @@ def block_rule(
     return rule
 
 
-def blink_answers(spec: dict, flags_path: Path, output: Path) -> None:
+def blink_answers(spec: dict, flags_path: Path | None, output: Path) -> None:
+    """The model's answer to every question under each condition of `params.conditions`. The flags
+    (the model's key_variance.json) are needed only to block: an unblocked run (E2's perception
+    score, E6's MLM answer) may take any image settings, e.g. Qwen2.5-VL at native resolution.
+    Every row records the model settings it was answered in (`model_cfg`)."""
     from imagekv.extract import resolve_device, resolve_dtype
     from imagekv.models.registry import build_backbone
 
     params = spec["params"]
+    if flags_path is None and set(params["conditions"]) != {"none"}:
+        raise ValueError(f"{spec['model']}: conditions {params['conditions']} block keys, which needs the "
+                         "model's flags (--flags key_variance.json)")
     device = resolve_device(spec["device"])
     backbone = build_backbone(spec["model"], spec["model_cfg"], device=device,
                               dtype=resolve_dtype(spec["dtype"], device))
     dataset = load_dataset(spec["dataset"], Path(spec["dataset_root"]), spec["dataset_cfg"])
     paths = {ref.image_id: ref.path for ref in dataset.images()}
-    flags = read_json(flags_path)
-    flagged = flagged_layout_positions(flags, params["layers"])
+    flags = read_json(flags_path) if flags_path is not None else None
+    flagged = flagged_layout_positions(flags, params["layers"]) if flags is not None else {}
     log.info("%s: blocking %d layers: %s", spec["model"], len(flagged), {k: len(v) for k, v in flagged.items()})
     rows = []
     for number, item in enumerate(dataset.samples()):
         prepared = [backbone.prepare_image(load_rgb(paths[image_id])) for image_id in item.image_ids]
         images = backbone.question_images(prepared)
-        offsets = [layout_offsets(backbone, image, flags["num_positions"]) for image in images]
+        offsets = [layout_offsets(backbone, image, flags["num_positions"]) for image in images] if flags else []
         text = question_text(item, params["answer_instruction"])
         for condition in params["conditions"]:
             rule = block_rule(condition, flagged, offsets, seed=params["random_seed"] + number)
@@ -104,7 +111,8 @@ def blink_answers(spec: dict, flags_path: Path, output: Path) -> None:
                 "blocked_layers": len(flagged) if condition != "none" else 0,
             })
         log.info("question %d (%s) done", number + 1, item.item_id)
-    write_table_rows(stamp(pd.DataFrame(rows), spec), output, ANSWER_SORT)
+    rows = pd.DataFrame(rows).assign(model_cfg=canonical_json(spec["model_cfg"]))
+    write_table_rows(stamp(rows, spec), output, ANSWER_SORT)
 
 
 ACCURACY_SORT = ("model", "condition", "subtask")
