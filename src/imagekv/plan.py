@@ -324,6 +324,11 @@ def perception_answer_inputs(config: dict) -> list[str]:
     return [perception_answers(config, model) for model in sorted(config["models"])]
 
 
+def blink_dataset_input(config: dict) -> str:
+    """What the BLINK answer runs wait for (see dataset_input)."""
+    return dataset_input(config, interventions(config)["blocking"]["dataset"])
+
+
 def blink_accuracy_spec(config: dict) -> dict:
     section = interventions(config)["blocking"]
     return {

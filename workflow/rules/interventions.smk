@@ -79,7 +79,7 @@ use rule collect_key_variance as collect_masked_probes with:
 rule blink_answers:
     input:
         flags=plan.intervention_path("{run}", "key_variance.json", "{backbone}"),
-        dataset=lambda wc: plan.dataset_input(config, plan.blink_spec(config, wc.backbone)["dataset"]),
+        dataset=lambda wc: plan.blink_dataset_input(config),
     output:
         plan.intervention_path("{run}", "blink_answers.csv", "{backbone}"),
     log:
@@ -102,7 +102,7 @@ rule blink_answers:
 # model whose `answers:` overrides its settings (Qwen2.5-VL at native resolution), a run of their own.
 rule blink_perception_answers:
     input:
-        dataset=lambda wc: plan.dataset_input(config, plan.blink_spec(config, wc.backbone)["dataset"]),
+        dataset=lambda wc: plan.blink_dataset_input(config),
     output:
         plan.intervention_path("{run}", "blink_perception_answers.csv", "{backbone}"),
     log:
