@@ -16,7 +16,7 @@ from imagekv import plan
 from imagekv.datasets.schema import CosegSet, KeypointPair, TextQuery, VideoClip
 from imagekv.features import LayerView
 from imagekv.interventions.masked_probes import exclusions
-from imagekv.interventions.workflow import flagged_layout_positions
+from imagekv.interventions.key_variance_run import flagged_layout_positions
 from imagekv.probes import resolve_params, run_probe
 from imagekv.probes.coseg import segment_set
 from imagekv.probes.correspondence import predict_points

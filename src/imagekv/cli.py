@@ -124,9 +124,9 @@ def collect(args: argparse.Namespace) -> None:
 
 
 def key_variance(args: argparse.Namespace) -> None:
-    from imagekv.interventions import workflow
+    from imagekv.interventions.key_variance_run import key_variance as run
 
-    workflow.key_variance(json.loads(args.spec), Path(args.features), Path(args.output_json), Path(args.output_csv))
+    run(json.loads(args.spec), Path(args.features), Path(args.output_json), Path(args.output_csv))
 
 
 def masked_probes(args: argparse.Namespace) -> None:
@@ -137,32 +137,32 @@ def masked_probes(args: argparse.Namespace) -> None:
 
 
 def blink_answers(args: argparse.Namespace) -> None:
-    from imagekv.interventions import workflow
+    from imagekv.interventions.blink_run import blink_answers as run
 
     _limit_threads(args.threads)
-    workflow.blink_answers(json.loads(args.spec), Path(args.flags), Path(args.output))
+    run(json.loads(args.spec), Path(args.flags) if args.flags else None, Path(args.output))
 
 
 def blink_accuracy(args: argparse.Namespace) -> None:
-    from imagekv.interventions import workflow
+    from imagekv.interventions.blink_run import blink_accuracy as run
 
-    workflow.blink_accuracy(json.loads(args.spec), args.inputs, Path(args.output))
+    run(json.loads(args.spec), args.inputs, Path(args.output))
 
 
 def not_surfaced(args: argparse.Namespace) -> None:
-    from imagekv.interventions import workflow
+    from imagekv.interventions.not_surfaced_run import not_surfaced as run
 
-    workflow.not_surfaced(json.loads(args.spec), Path(args.output))
+    run(json.loads(args.spec), Path(args.output))
 
 
 def correlation(args: argparse.Namespace) -> None:
-    from imagekv.interventions import workflow
+    from imagekv.interventions.correlation_run import correlation as run
 
-    workflow.correlation(json.loads(args.spec), Path(args.probes), Path(args.accuracy), Path(args.output))
+    run(json.loads(args.spec), Path(args.probes), Path(args.accuracy), Path(args.output))
 
 
 def concat(args: argparse.Namespace) -> None:
-    from imagekv.interventions.workflow import concat_tables
+    from imagekv.results import concat_tables
 
     concat_tables(args.inputs, args.output, args.sort.split(","))
 
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--flags", required=True, help="the model's key_variance.json")
     sub.add_argument("--output", required=True)
     sub = command("blink-answers", blink_answers, threads=True)
-    sub.add_argument("--flags", required=True, help="the model's key_variance.json")
+    sub.add_argument("--flags", help="the model's key_variance.json (needed to block)")
     sub.add_argument("--output", required=True)
     sub = command("blink-accuracy", blink_accuracy)
     sub.add_argument("--output", required=True)

@@ -30,10 +30,22 @@ class BackboneEntry:
         return representation if self.kind == "mlm" else "values"
 
 
+def model_cfg(config: dict, model: str) -> dict:
+    """An MLM's settings for extraction and the E4 blocking run: its `models:` section without the
+    overrides of its own BLINK answers."""
+    return {k: v for k, v in config["models"][model].items() if k != "answers"}
+
+
+def answer_cfg(config: dict, model: str) -> dict:
+    """An MLM's settings for its own BLINK answers (E2's perception score, E6's MLM answer): its
+    settings with `models.<name>.answers` applied (e.g. Qwen2.5-VL at its native resolution)."""
+    return model_cfg(config, model) | config["models"][model].get("answers", {})
+
+
 def backbones(config: dict) -> dict[str, BackboneEntry]:
     entries = {}
-    for name, cfg in config["models"].items():
-        entries[name] = BackboneEntry(name, "mlm", cfg, tuple(config["probing"]["representations"]))
+    for name in config["models"]:
+        entries[name] = BackboneEntry(name, "mlm", model_cfg(config, name), tuple(config["probing"]["representations"]))
     for kind, section in (("reference", "references"), ("calibration", "calibration")):
         for name, cfg in config.get(section, {}).items():
             entries[name] = BackboneEntry(name, kind, cfg, (name,))
@@ -280,7 +292,7 @@ def blink_spec(config: dict, model: str) -> dict:
     return {
         "run": config["run"],
         "model": model,
-        "model_cfg": config["models"][model],
+        "model_cfg": model_cfg(config, model),
         "dataset": dataset,
         "dataset_root": dataset_root(config, dataset),
         "dataset_cfg": loader_cfg(config, dataset),
@@ -288,6 +300,34 @@ def blink_spec(config: dict, model: str) -> dict:
         "dtype": config["dtype"],
         "params": {k: v for k, v in section.items() if k not in ("dataset", "bootstrap_resamples", "bootstrap_seed")},
     }
+
+
+def answer_override_models(config: dict) -> list[str]:
+    """The MLMs whose own BLINK answers take other settings than their blocking run."""
+    return sorted(model for model, section in config["models"].items() if section.get("answers"))
+
+
+def perception_answers_spec(config: dict, model: str) -> dict:
+    """The unblocked BLINK answers of an MLM in its answer settings (no flags, no blocking)."""
+    spec = blink_spec(config, model)
+    return spec | {"model_cfg": answer_cfg(config, model),
+                   "params": spec["params"] | {"conditions": [BASELINE_CONDITION]}}
+
+
+def perception_answers(config: dict, model: str) -> str:
+    """The answers E2 and E6 read: a run of their own when `models.<name>.answers` overrides a
+    setting, else the blocking run's (its unblocked condition), which then is the same forward."""
+    name = "blink_perception_answers.csv" if model in answer_override_models(config) else "blink_answers.csv"
+    return intervention_path(config["run"], name, model)
+
+
+def perception_answer_inputs(config: dict) -> list[str]:
+    return [perception_answers(config, model) for model in sorted(config["models"])]
+
+
+def blink_dataset_input(config: dict) -> str:
+    """What the BLINK answer runs wait for (see dataset_input)."""
+    return dataset_input(config, interventions(config)["blocking"]["dataset"])
 
 
 def blink_accuracy_spec(config: dict) -> dict:
@@ -302,7 +342,7 @@ def blink_accuracy_spec(config: dict) -> dict:
 
 def not_surfaced_spec(config: dict) -> dict:
     """E6 for every MLM at once (a cheap read of stored values): each model's BLINK value store
-    (one image per context, SPEC E6) and its unblocked answers."""
+    (one image per context, SPEC E6) and its own unblocked answers (`perception_answers`)."""
     section = interventions(config)["not_surfaced"]
     run, dataset = config["run"], interventions(config)["blocking"]["dataset"]
     return {
@@ -314,7 +354,7 @@ def not_surfaced_spec(config: dict) -> dict:
         "models": {
             model: {
                 "features": features_path(run, model, dataset, section["prefix"]),
-                "answers": intervention_path(run, "blink_answers.csv", model),
+                "answers": perception_answers(config, model),
             }
             for model in sorted(config["models"])
         },

@@ -350,8 +350,7 @@ def _check_extraction(
 
 
 def _check_blink(report: ModelReport, tested: ModelUnderTest, tokens: ImageTokens, config: dict) -> None:
-    from imagekv.interventions.multiple_choice import chat_prompt, tokens_per_image
-    from imagekv.interventions.workflow import prompt_for
+    from imagekv.interventions.multiple_choice import chat_prompt, question_text, tokens_per_image
 
     section = plan.interventions(config)["blocking"]
     backbone, processor = tested.backbone, tested.processor
@@ -372,7 +371,7 @@ def _check_blink(report: ModelReport, tested: ModelUnderTest, tokens: ImageToken
                 if real != counts:
                     raise ValueError(f"the processor gives {real} image tokens per image, the model config {counts}")
                 checked_real = True
-            length = _prompt_length(processor, chat_prompt(processor, prompt_for(item, section["answer_instruction"]),
+            length = _prompt_length(processor, chat_prompt(processor, question_text(item, section["answer_instruction"]),
                                                            len(images)), counts)
         except ValueError as error:
             report.problems.append(f"{report.model}: {name}: {error}")
@@ -391,7 +390,7 @@ def _dataset_cached(name: str, root: str, cfg_json: str):
 
 
 def _dataset_key(config: dict, name: str) -> tuple[str, str, str]:
-    return name, plan.dataset_root(config, name), json.dumps(plan.dataset_spec(config, name)["cfg"], sort_keys=True)
+    return name, plan.dataset_root(config, name), json.dumps(plan.loader_cfg(config, name), sort_keys=True)
 
 
 def _dataset(config: dict, name: str):

@@ -1,12 +1,13 @@
 """Tidy result tables: one row per (run, model, representation, task, layer, metric).
 
 Every row carries the hash of the spec that produced it and the probe hyperparameters used, so a
-number in a figure can be traced to the exact settings behind it.
+number in a figure can be traced to the exact settings behind it. The intervention tables are
+written and read the same way (`write_table_rows`, `read_table`, `stamp`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -34,16 +35,32 @@ def tidy_rows(spec: dict, rows: Iterable[dict], grid: str) -> pd.DataFrame:
     return frame[COLUMNS]
 
 
-def write_results(frame: pd.DataFrame, output: str | Path) -> None:
+def stamp(frame: pd.DataFrame, spec: dict) -> pd.DataFrame:
+    """The hash of the job spec (`config_hash`) and the settings it used (`params`) on every row."""
+    return frame.assign(config_hash=spec_hash(spec), params=canonical_json(spec.get("params", {})))
+
+
+def write_table_rows(frame: pd.DataFrame, output: str | Path, sort: Sequence[str]) -> None:
     """Sorted rows and fixed float formatting: equal results give byte-identical files."""
-    frame = frame.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(list(sort), kind="stable").reset_index(drop=True)
     with atomic_path(output) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
 
 
-def read_results(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
+def concat_tables(inputs: Iterable[str | Path], output: str | Path, sort: Sequence[str]) -> None:
+    write_table_rows(pd.concat([read_table(p) for p in inputs], ignore_index=True), output, sort)
+
+
+def write_results(frame: pd.DataFrame, output: str | Path) -> None:
+    write_table_rows(frame, output, SORT_KEYS)
+
+
+read_results = read_table  # the probe results are one such table
+
+
 def collect(inputs: Iterable[str | Path], output: str | Path) -> None:
-    write_results(pd.concat([read_results(p) for p in inputs], ignore_index=True), output)
+    concat_tables(inputs, output, SORT_KEYS)

@@ -79,9 +79,7 @@ use rule collect_key_variance as collect_masked_probes with:
 rule blink_answers:
     input:
         flags=plan.intervention_path("{run}", "key_variance.json", "{backbone}"),
-        dataset=lambda wc: plan.dataset_input(
-            config, plan.blink_spec(config, wc.backbone)["dataset"]
-        ),
+        dataset=lambda wc: plan.blink_dataset_input(config),
         preflight=ancient(plan.preflight_path("{run}")),
     output:
         plan.intervention_path("{run}", "blink_answers.csv", "{backbone}"),
@@ -98,6 +96,30 @@ rule blink_answers:
         spec=lambda wc: as_json(plan.blink_spec(config, wc.backbone)),
     shell:
         "python -m imagekv blink-answers --spec {params.spec:q} --flags {input.flags:q}"
+        " --output {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+# E2 and E6 read each MLM's own unblocked answers: the blocking run's `none` condition, or, for a
+# model whose `answers:` overrides its settings (Qwen2.5-VL at native resolution), a run of their own.
+rule blink_perception_answers:
+    input:
+        dataset=lambda wc: plan.blink_dataset_input(config),
+        preflight=ancient(plan.preflight_path("{run}")),
+    output:
+        plan.intervention_path("{run}", "blink_perception_answers.csv", "{backbone}"),
+    log:
+        "logs/{run}/interventions/blink_perception_answers/{backbone}.log",
+    wildcard_constraints:
+        backbone="|".join(plan.answer_override_models(config)) or "(?!)",
+    conda:
+        "../../envs/models.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        spec=lambda wc: as_json(plan.perception_answers_spec(config, wc.backbone)),
+    shell:
+        "python -m imagekv blink-answers --spec {params.spec:q}"
         " --output {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -118,6 +140,15 @@ rule blink_accuracy:
     shell:
         "python -m imagekv blink-accuracy --spec {params.spec:q} --output {output:q} {input:q}"
         " > {log:q} 2>&1"
+
+
+use rule blink_accuracy as perception_accuracy with:
+    input:
+        lambda wc: plan.perception_answer_inputs(config),
+    output:
+        plan.intervention_path("{run}", "perception_accuracy.csv"),
+    log:
+        "logs/{run}/interventions/perception_accuracy.log",
 
 
 rule not_surfaced:
@@ -151,7 +182,7 @@ rule collect_prefix_probes:
 rule correlation:
     input:
         probes="results/{run}/probes.csv",
-        accuracy=plan.intervention_path("{run}", "blink_accuracy.csv"),
+        accuracy=plan.intervention_path("{run}", "perception_accuracy.csv"),
     output:
         plan.intervention_path("{run}", "correlation.json"),
     log:

@@ -12,7 +12,7 @@ from pathlib import Path
 import seaborn as sns
 
 from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
-from imagekv.interventions.workflow import read_table
+from imagekv.results import read_table
 
 
 def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: str) -> None:

@@ -16,17 +16,11 @@ import pandas as pd
 from imagekv.figures.style import (
     METRIC_LABELS, MODEL_COLORS, MODEL_LABELS, REFERENCE_STYLE, Provenance, apply_style, panels, save, stamp,
 )
-from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES
+from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES, headline_rows
 from imagekv.results import read_results
 
 LEGEND_ROWS = 3
 X_AXES = {"depth": "normalised LM depth", "layer": "LM layer"}
-
-
-def headline_rows(frame: pd.DataFrame, prefix: str = "none") -> pd.DataFrame:
-    """Rows of each task's headline metric, for one prefix."""
-    wanted = frame["task"].map(HEADLINE_METRICS)
-    return frame[(frame["metric"] == wanted) & (frame["prefix"] == prefix)]
 
 
 def plot(

@@ -22,10 +22,10 @@ from imagekv.config import canonical_json
 from imagekv.datasets import load_dataset
 from imagekv.features import FeatureStore, LayerView
 from imagekv.interventions.blocking import random_control
-from imagekv.interventions.workflow import flagged_layout_positions, write_table_rows
+from imagekv.interventions.key_variance_run import flagged_layout_positions
 from imagekv.io import read_json
 from imagekv.probes import run_probe
-from imagekv.results import COLUMNS, tidy_rows
+from imagekv.results import COLUMNS, tidy_rows, write_table_rows
 
 CONDITIONS = ("none", "flagged", "random")
 SORT = ("model", "task", "layer", "condition", "metric")

@@ -1,5 +1,7 @@
 """The task keys, their display order and titles, and each task's headline metric."""
 
+import pandas as pd
+
 TASK_ORDER = ("fewshot_seg", "coseg", "semantic_seg", "referring_seg", "semantic_corr", "temporal_corr")
 TASK_TITLES = {
     "fewshot_seg": "Few-shot seg. (Pascal-5i)",
@@ -17,3 +19,9 @@ HEADLINE_METRICS = {
     "semantic_corr": "pck@0.1",
     "temporal_corr": "j&f",
 }
+
+
+def headline_rows(frame: pd.DataFrame, prefix: str = "none") -> pd.DataFrame:
+    """Rows of each task's headline metric, for one prefix."""
+    wanted = frame["task"].map(HEADLINE_METRICS)
+    return frame[(frame["metric"] == wanted) & (frame["prefix"] == prefix)]

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imagekv.figures.layerwise import headline_rows
 from imagekv.figures.style import MODEL_LABELS, Provenance
-from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER
+from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, headline_rows
 from imagekv.results import read_results
 from imagekv.tables import write_table
 

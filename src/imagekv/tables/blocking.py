@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from imagekv.figures.style import MODEL_LABELS, Provenance
-from imagekv.interventions.workflow import SUBTASK_SUMMARIES, read_table
+from imagekv.interventions.multiple_choice import SUBTASK_SUMMARIES
 from imagekv.plan import BASELINE_CONDITION
+from imagekv.results import read_table
 from imagekv.tables import write_table
 
 CAPTION = "BLINK accuracy with attention to input-agnostic image keys blocked, and controls"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from imagekv.figures.style import MODEL_LABELS, Provenance
-from imagekv.interventions.workflow import read_table
+from imagekv.results import read_table
 from imagekv.tables import write_table
 
 CAPTION = "BLINK: perception present in the image values but not surfaced in the answer"
