@@ -78,6 +78,9 @@ def test_passes_on_the_real_non_weight_files_and_reports_forwards_and_time(proje
         assert entry["forwards"]["extraction"] > 0 and entry["forwards"]["blink"] > 0
         assert 0 < entry["longest_sequence"]["tokens"] <= entry["context"]
         assert f"{model}: " in result.stdout and "GPU hours" in result.stdout
+    # Qwen2.5-VL's own answers (E2, E6) are asked again at native resolution, unblocked only
+    assert report["models"]["qwen2_5_vl"]["forwards"]["blink_own_answers"] > 0
+    assert "blink_own_answers" not in report["models"]["llava_next"]["forwards"]
     # the real geometry: LLaVA-NeXT's 24x24 base view plus its anyres map, over 8,192 positions
     assert report["models"]["llava_next"]["context"] == 8192
 
@@ -112,7 +115,7 @@ def test_fails_on_a_template_without_an_image_placeholder(project, real_files, t
 
 
 def test_fails_on_a_context_overflow_naming_the_item(project, real_files, tmp_path):
-    long_prefix = "word " * 9000
+    long_prefix = "\U0001d538" * 4000  # within the 4,096 characters a prefix may hold; 3 Llama-3 tokens each
     config = hub_config(tmp_path, ["llava_next"], prefixes={**SMOKE_CONFIG["prefixes"], "task": long_prefix})
     result = preflight(project, config, real_files)
     assert result.returncode != 0

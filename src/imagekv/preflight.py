@@ -286,7 +286,11 @@ def check_model(model: str, config: dict, local_files: Path | None) -> ModelRepo
     for dataset, prefix in plan.extraction_jobs(config, model):
         _check_extraction(report, tested, tokens, config, dataset, prefix)
     if plan.interventions(config):
-        _check_blink(report, tested, tokens, config)
+        section = plan.interventions(config)["blocking"]
+        _check_blink(report, tested, tokens, config, "blink", section["conditions"])
+        if model in plan.answer_override_models(config):  # its own answers (E2, E6) in other settings
+            own = model_under_test(cls, model_config, processor, plan.answer_cfg(config, model))
+            _check_blink(report, own, ImageTokens(own), config, "blink_own_answers", [plan.BASELINE_CONDITION])
     return report
 
 
@@ -349,7 +353,10 @@ def _check_extraction(
         report.count("text_queries", ids.shape[1], f"{job}: text query {query!r}")
 
 
-def _check_blink(report: ModelReport, tested: ModelUnderTest, tokens: ImageTokens, config: dict) -> None:
+def _check_blink(
+    report: ModelReport, tested: ModelUnderTest, tokens: ImageTokens, config: dict, stage: str, conditions: Sequence[str]
+) -> None:
+    """Every BLINK question as `stage` asks it, once per blocking condition in `conditions`."""
     from imagekv.interventions.multiple_choice import chat_prompt, question_text, tokens_per_image
 
     section = plan.interventions(config)["blocking"]
@@ -377,10 +384,10 @@ def _check_blink(report: ModelReport, tested: ModelUnderTest, tokens: ImageToken
             report.problems.append(f"{report.model}: {name}: {error}")
             continue
         greedy = section["greedy_tokens"]
-        for _condition in section["conditions"]:
-            report.count("blink", length, name)
+        for _condition in conditions:
+            report.count(stage, length, name)
             if greedy:  # generate() runs the prompt again, then one step per token
-                report.count("blink_greedy", length, name)
+                report.count(f"{stage}_greedy", length, name)
                 report.decode_steps += greedy
 
 
