@@ -1,6 +1,7 @@
 """Pascal-5i, MSRC and ImageNet-S read from their publishers' layouts: the twins write those layouts,
-a copy placed anywhere is read in place through the config (and left byte for byte as it was), and
-each malformed annotation stops the real entry point with a message naming the file.
+each malformed annotation stops the real entry point with a message naming the file, and copies of
+these and of the other probed datasets placed anywhere are read in place through the config by a
+workflow run (and left byte for byte as they were).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ PUBLISHED = {
     "pascal5i": "VOCdevkit/VOC2012",
     "msrc": "ObjectDiscovery-data/Data",
     "imagenet_s": "imagenet-s/ImageNetS50",
+    # the other probed datasets, for the whole run below (their layouts: tests/test_datasets_published.py)
+    "refcoco": "refer/data",
+    "spair": "SPair-71k",
+    "davis": "DAVIS",
+    "blink": "BLINK",
 }
 
 
@@ -221,14 +227,16 @@ def test_copies_anywhere_on_disk_are_used_in_place_and_left_untouched(tmp_path, 
     roots = {name: root for name, (root, _) in twins.items()}
     before = {name: file_bytes(root) for name, root in roots.items()}
     (project / "local.yaml").write_text(yaml.safe_dump({"datasets": local_config(roots)["datasets"]}))
-    targets = [plan.probe_path("smoke", "oracle", name, "none", "oracle") for name in roots]
+    probed = [name for name in roots if name != "blink"]
+    targets = [plan.probe_path("smoke", "oracle", name, "none", "oracle") for name in probed]
+    targets.append(plan.features_path("smoke", "llava_onevision", "blink", "none"))  # BLINK is read, not probed
     result = snakemake(
         ["--cores", "1", "--configfile", "config/config.yaml", "local.yaml", "--", *targets], project, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert jobs_run(result)["check_local_dataset"] == 3 and "synthesize_dataset" not in jobs_run(result)
+    assert jobs_run(result)["check_local_dataset"] == len(roots)  # and none synthesized (checked below)
+    assert all((project / target).exists() for target in targets)
     for name, root in roots.items():
-        assert (project / plan.probe_path("smoke", "oracle", name, "none", "oracle")).is_file()
         record = json.loads((project / plan.local_check_path(name)).read_text())
         assert record["root"] == str(root) and record["images"] > 0
         assert not (project / "data" / "synthetic" / name).exists()
