@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from imagekv import plan
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (fixture)
+from smoke_config import SMOKE_CONFIG
 from workflow_runs import differing_outputs, failure_details, fresh_copy, output_digests, snakemake, tool_env  # noqa: F401
 
 GPU_RULES = {"extract_features"}
@@ -18,7 +20,10 @@ SLICE = [
     "results/smoke/llava_onevision/pascal5i/probe/none/projection.csv",
     "results/smoke/oracle/pascal5i/probe/none/oracle.csv",
 ]
-SLICE_JOBS = {"synthesize_dataset": 1, "extract_features": 2, "probe": 3}
+# The MLM extraction waits for the preflight, which reads every dataset an MLM prompt is built from.
+SLICE_JOBS = {
+    "synthesize_dataset": len(plan.preflight_inputs(SMOKE_CONFIG)), "preflight": 1, "extract_features": 2, "probe": 3,
+}
 # What differs between the test cluster and a production one: no accounting database (so squeue
 # for status, no account), less memory than the profile asks for, and no patience needed.
 TEST_CLUSTER_OPTIONS = [
