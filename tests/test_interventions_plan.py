@@ -50,11 +50,12 @@ def test_missing_datasets_and_prefixes_are_named(smoke):
         plan.interventions(config)
 
 
-def test_prefix_targets_are_the_value_probes_of_every_mlm_with_and_without_prefix(smoke):
-    targets = plan.prefix_probe_targets(smoke)
-    assert len(targets) == len(smoke["models"]) * 2 * 3  # 2 tasks x (none, task, neutral)
-    assert "results/smoke/qwen2_5_vl/refcoco/probe/neutral/values.csv" in targets
-    assert "results/smoke/llava_next/imagenet_s/probe/none/values.csv" in targets
+def test_the_prefix_job_of_each_mlm_reads_every_prefix_store_of_its_tasks(smoke):
+    inputs = plan.prefix_probes_inputs(smoke, "qwen2_5_vl")
+    assert "results/smoke/qwen2_5_vl/refcoco/features/neutral" in inputs
+    assert "results/smoke/qwen2_5_vl/msrc/features/task" in inputs  # every probe, not only T3/T4
+    assert "results/smoke/qwen2_5_vl/imagenet_s/item_features/find" in inputs
+    assert "results/smoke/qwen2_5_vl/refcoco/item_features/none" in inputs  # the in-context baseline
 
 
 def test_job_specs_hold_what_their_job_reads(smoke):

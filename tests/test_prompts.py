@@ -20,12 +20,15 @@ Image token counts of the twins' geometry: LLaVA 192x96 px (w x h) matches the p
 Qwen2.5-VL at native resolution, 56x56 px = 4x4 patches of 14 px merged 2x2 = 4 tokens.
 """
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from imagekv.interventions.multiple_choice import prepare_question
-from imagekv.models.prompts import image_prompt, text_ids, text_prompt
+from imagekv.datasets.schema import TextQuery
+from imagekv.models.prompts import image_prompt, image_query_prompt, text_ids, text_prompt
+from imagekv.prefixes import prefix_items
 from imagekv.models.registry import build_backbone
 
 OV_IMAGE, QWEN_IMAGE, NEXT_IMAGE = 151646, 151655, 128256
@@ -82,6 +85,23 @@ def test_prefixed_prompt_puts_the_prefix_between_the_user_header_and_the_image(b
 def test_text_query_prompt(backbone):
     ids = text_ids(backbone.processor, text_prompt(backbone.processor, QUESTIONS[backbone.name]))
     assert ids[0].tolist() == EXPECTED[backbone.name]["text"]
+
+
+def test_a_per_item_prompt_fills_the_template_before_the_image_and_reads_the_query_after_it(backbone):
+    """E5 per-item store: the real template's image turn with the item's own filled prefix before the
+    image and its query after it; the expected ids join the hand-written "prefixed" sequence (the
+    image part) and the "blink" one (what follows the image in the user turn)."""
+    question = QUESTIONS[backbone.name]
+    query = TextQuery("q1", "im", question, np.zeros((2, 2), np.uint8))
+    (item,) = prefix_items([query], "{text} ", "test").values()
+    assert item.prefix == question + " " and item.query == question
+    prompt = image_query_prompt(backbone.processor, item.prefix, item.query)
+    ids = backbone._inputs(_image(backbone), prompt)["input_ids"][0].tolist()
+    prefixed, blink = EXPECTED[backbone.name]["prefixed"], EXPECTED[backbone.name]["blink"]
+    after_image = {"qwen2_5_vl": [151653], "llava_onevision": [198], "llava_next": [198]}[backbone.name]  # vision_end, "\n"
+    last_image = len(blink) - 1 - blink[::-1].index(backbone.image_token_id)
+    assert blink[last_image + 1] == after_image[0]  # what the template puts between an image and its text
+    assert ids == [*prefixed, *after_image, *(QWEN_QUESTION if backbone.name != "llava_next" else LLAMA_QUESTION)]
 
 
 def test_blink_prompt(backbone):

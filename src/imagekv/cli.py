@@ -136,6 +136,19 @@ def masked_probes(args: argparse.Namespace) -> None:
     run(json.loads(args.spec), Path(args.flags), Path(args.output))
 
 
+def prefix_probes(args: argparse.Namespace) -> None:
+    from imagekv.interventions.prefix import prefix_probes as run
+
+    _limit_threads(args.threads)
+    run(json.loads(args.spec), Path(args.output), Path(args.units))
+
+
+def prefix_gains(args: argparse.Namespace) -> None:
+    from imagekv.interventions.prefix import prefix_gains as run
+
+    run(json.loads(args.spec), args.inputs, Path(args.output))
+
+
 def blink_answers(args: argparse.Namespace) -> None:
     from imagekv.interventions.blink_run import blink_answers as run
 
@@ -228,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("masked-probes", masked_probes, threads=True)
     sub.add_argument("--flags", required=True, help="the model's key_variance.json")
     sub.add_argument("--output", required=True)
+    sub = command("prefix-probes", prefix_probes, threads=True)
+    sub.add_argument("--output", required=True, help="the tidy rows of every E5 condition")
+    sub.add_argument("--units", required=True, help="the headline metric per unit and layer")
+    sub = command("prefix-gains", prefix_gains)
+    sub.add_argument("--output", required=True)
+    sub.add_argument("inputs", nargs="+", help="prefix_units.csv of each model")
     sub = command("blink-answers", blink_answers, threads=True)
     sub.add_argument("--flags", help="the model's key_variance.json (needed to block)")
     sub.add_argument("--output", required=True)

@@ -6,6 +6,10 @@ Layout beside the manifest:
                                 [layers, tokens, C], the images' grid tokens one image after another
                                 (raster order within each); then the dataset's query texts: one
                                 `values` tensor [layers, texts, C]. Its metadata lists its keys
+    (A store with a per-item prefix template, `per_item`, E5: one extraction per text query, keyed
+    by imagekv.prefixes.item_key, each image after its own filled prefix and followed by its query
+    in the same sequence; its text rows are those in-context query values, keyed likewise, and the
+    manifest's `items` give each key's image, prefix and query.)
     shards/NNNNN.safetensors.json  the shard's record: size, sha256 of the file, of its header and
                                 of each tensor, dtypes and shapes (see imagekv.features.shard_record)
     manifest.json               the index, written last: its presence means the store is complete.
@@ -59,6 +63,7 @@ from imagekv.images import load_rgb
 from imagekv.io import atomic_path, read_json, write_json
 from imagekv.models.base import Backbone
 from imagekv.models.registry import build_backbone
+from imagekv.prefixes import PrefixItem, prefix_items
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +132,13 @@ class Extraction:
         self.refs = {ref.image_id: ref for ref in dataset.images()}
         if not self.refs:
             raise ValueError(f"dataset {spec['dataset']!r} at {spec['dataset_root']} lists no images")
-        self.texts = sorted(set(dataset.texts()))
+        self.items: dict[str, PrefixItem] = (
+            prefix_items(dataset.samples(), spec["prefix"], spec["dataset"]) if spec.get("per_item") else {}
+        )
+        self.keys = sorted(self.items or self.refs)  # what each image shard holds, in storage order
+        # Text queries are read with no prefix (E5 holds them fixed), so only a no-prefix store keeps them
+        self.texts = sorted(self.items) if self.items else sorted(set(dataset.texts())) if not spec["prefix"] else []
+        self.in_context: dict[str, torch.Tensor] = {}  # item key -> its query's values, until stored
         self.store = _store_representations(spec["store"])
         if spec.get("store_format") != STORE_FORMAT:  # in the spec hash: another format clears the shards
             raise ValueError(f"spec key 'store_format' is {spec.get('store_format')!r}; this code writes {STORE_FORMAT}")
@@ -158,7 +169,7 @@ class Extraction:
         return sorted(set(requested))
 
     def plan(self) -> list[Shard]:
-        ids, per_shard = sorted(self.refs), self.images_per_shard
+        ids, per_shard = self.keys, self.images_per_shard
         runs = [("images", tuple(ids[i : i + per_shard])) for i in range(0, len(ids), per_shard)]
         texts, per_text_shard = self.texts, TEXTS_PER_SHARD
         runs += [("texts", tuple(texts[i : i + per_text_shard])) for i in range(0, len(texts), per_text_shard)]
@@ -172,9 +183,9 @@ class Extraction:
             log.info("resuming: %d of %d shards already complete", len(done), len(shards))
         image_shards = [s for s in shards if s.kind == "images"]
         text_shards = [s for s in shards if s.kind == "texts"]
-        self._write_missing(image_shards, done, self._encode_images)
+        self._write_missing(image_shards, done, self._encode_items if self.items else self._encode_images)
         try:
-            self._write_missing(text_shards, done, self._encode_texts)
+            self._write_missing(text_shards, done, self._encode_item_queries if self.items else self._encode_texts)
         except NotImplementedError:
             log.info("backbone %s has no text tokens: no text features stored", self.spec["model"])
             text_shards = []
@@ -231,6 +242,7 @@ class Extraction:
         for image_id in sorted(self.refs):
             digest.update(canonical_json([image_id, _file_sha1(self.refs[image_id].path)]).encode("utf-8"))
         digest.update(canonical_json(self.texts).encode("utf-8"))
+        digest.update(canonical_json({key: item.to_json() for key, item in self.items.items()}).encode("utf-8"))
         return digest.hexdigest()
 
     def _encode_images(self, image_ids: list[str], parts: dict, meta: dict) -> None:
@@ -241,16 +253,32 @@ class Extraction:
         outputs = self.backbone.encode_with_ids(images, image_ids, self.spec["prefix"], self.layers)
         meta["prompt"] = self.backbone.prompt_text(self.spec["prefix"])
         for image_id, output in zip(image_ids, outputs, strict=True):
-            meta["layers"] = list(_same_layers(meta.get("layers"), output.layers, image_id))
-            grid = output.grid
-            meta.setdefault("grids", {})[image_id] = grid.to_json()
-            for representation in self.store:
-                tensor = getattr(output, representation)
-                if tensor is None:
-                    raise ValueError(f"backbone {self.spec['model']!r} gives no {representation!r} for image "
-                                     f"{image_id!r}; remove it from spec key 'store'")
-                rows = tensor.to(self.store_dtype).reshape(-1, grid.num_tokens, tensor.shape[-1])  # [L, tokens, C]
-                parts.setdefault(representation, []).append(rows)
+            self._add_output(image_id, output, parts, meta)
+
+    def _encode_items(self, keys: list[str], parts: dict, meta: dict) -> None:
+        """Like _encode_images, per item: each image after its own prefix, its query after it (the
+        query's values are kept for the text shards, which are written next)."""
+        items = [self.items[key] for key in keys]
+        images = [load_rgb(self.refs[item.image_id].path, max_pixels=self.max_image_pixels) for item in items]
+        self._warm_up(images[0], items[0].image_id)
+        outputs = self.backbone.encode_items(images, [i.prefix for i in items], [i.query for i in items], self.layers)
+        meta["prompt"] = self.backbone.prompt_text(self.spec["prefix"])  # the template, before it is filled
+        meta.setdefault("items", {}).update({key: item.to_json() for key, item in zip(keys, items)})
+        for key, (output, query_values) in zip(keys, outputs, strict=True):
+            self._add_output(key, output, parts, meta)
+            self.in_context[key] = query_values
+
+    def _add_output(self, key: str, output, parts: dict, meta: dict) -> None:
+        meta["layers"] = list(_same_layers(meta.get("layers"), output.layers, key))
+        grid = output.grid
+        meta.setdefault("grids", {})[key] = grid.to_json()
+        for representation in self.store:
+            tensor = getattr(output, representation)
+            if tensor is None:
+                raise ValueError(f"backbone {self.spec['model']!r} gives no {representation!r} for image "
+                                 f"{key!r}; remove it from spec key 'store'")
+            rows = tensor.to(self.store_dtype).reshape(-1, grid.num_tokens, tensor.shape[-1])  # [L, tokens, C]
+            parts.setdefault(representation, []).append(rows)
 
     def _warm_up(self, image: Image.Image, image_id: str) -> None:
         """Once per process, one forward whose features are dropped, so that no stored feature comes
@@ -259,6 +287,15 @@ class Extraction:
         if not self.warmed_up:
             self.backbone.encode_with_ids([image], [image_id], self.spec["prefix"], self.layers)
             self.warmed_up = True
+
+    def _encode_item_queries(self, keys: list[str], parts: dict, meta: dict) -> None:
+        """The in-context query values of `keys`, kept from their image shards' forwards (after a
+        resume, those of shards already on disk are computed again)."""
+        missing = [key for key in keys if key not in self.in_context]
+        if missing:
+            self._encode_items(missing, {}, {})
+        values = torch.stack([self.in_context.pop(key) for key in keys])  # [keys, L, C]
+        parts.setdefault("values", []).append(values.to(self.store_dtype).transpose(0, 1))
 
     def _encode_texts(self, texts: list[str], parts: dict, meta: dict) -> None:
         values = self.backbone.encode_text(texts, self.spec["prefix"], self.layers)  # [texts, L, C]
@@ -286,6 +323,7 @@ class Extraction:
             "prefix_name": self.spec["prefix_name"],
             "prefix": self.spec["prefix"],
             "prompt": prompt,  # the exact text before the image's tokens expand (None: no text)
+            "items": {key: item.to_json() for key, item in self.items.items()},
             "layers": list(layers),
             "representations": list(self.store),
             "store_dtype": self.spec["store_dtype"],

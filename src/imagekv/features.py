@@ -264,6 +264,10 @@ class FeatureStore:
                 f"{self.manifest_path}: the entries of {metadata['kind']} {wrong[:5]} disagree with shard {path}, "
                 f"which holds {len(expected)} {metadata['kind']} in {sorted(token_counts)} rows"
             )
+        items = self.meta.get("items", {})
+        if metadata["kind"] == "images" and metadata.get("items", {}) != {k: items[k] for k in expected if k in items}:
+            raise StoreIntegrityError(f"{self.manifest_path}: the per-item prefixes of shard {path} differ from "
+                                      "its manifest's items")
 
     def _check_rows(self, shard: str, tensor: str, start: int, rows: torch.Tensor) -> None:
         """Hash the rows a read returns against the manifest, once per file version and process."""
@@ -303,6 +307,30 @@ class FeatureView:
 
     def excluded(self, image_id: str) -> None:
         """No token is excluded from the probes (see LayerView)."""
+        return None
+
+
+class FixedQueries:
+    """A value view whose text queries come from another store: E5 holds the query vectors fixed
+    (the no-prefix store's) while the image values change with the prefix."""
+
+    def __init__(self, view: FeatureView, queries: FeatureView):
+        if view.layers != queries.layers:
+            raise ValueError(f"{view.store.manifest_path} holds layers {list(view.layers)}, but the text queries' "
+                             f"store {queries.store.manifest_path} holds {list(queries.layers)}")
+        self.view, self.queries = view, queries
+        self.layers, self.image_ids = view.layers, view.image_ids
+
+    def features(self, image_id: str) -> torch.Tensor:
+        return self.view.features(image_id)
+
+    def grid(self, image_id: str) -> TokenGrid:
+        return self.view.grid(image_id)
+
+    def text(self, text: str) -> torch.Tensor:
+        return self.queries.text(text)
+
+    def excluded(self, image_id: str) -> None:
         return None
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagekv.prefixes import is_template
+
 # Representations an MLM's feature store holds; references and calibration backbones store only values.
 MLM_REPRESENTATIONS = ("values", "keys", "projection")
 # Layout of the feature stores extraction writes (see imagekv.features). Part of every extraction
@@ -84,6 +86,11 @@ def features_path(run: str, backbone: str, dataset: str, prefix: str) -> str:
     return f"results/{run}/{backbone}/{dataset}/features/{prefix}"
 
 
+def item_features_path(run: str, backbone: str, dataset: str, prefix: str) -> str:
+    """A per-item store (E5, imagekv.prefixes): one extraction per text query, with its own prefix."""
+    return f"results/{run}/{backbone}/{dataset}/item_features/{prefix}"
+
+
 def probe_path(run: str, backbone: str, dataset: str, prefix: str, representation: str) -> str:
     return f"results/{run}/{backbone}/{dataset}/probe/{prefix}/{representation}.csv"
 
@@ -143,6 +150,10 @@ def extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> d
         "dtype": config["dtype"],
         **config["extraction"],
     }
+
+
+def item_extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> dict:
+    return extraction_spec(config, backbone, dataset, prefix) | {"per_item": True}
 
 
 def probe_spec(config: dict, backbone: str, dataset: str, prefix: str, representation: str) -> dict:
@@ -238,9 +249,14 @@ def interventions(config: dict) -> dict | None:
         dataset = section[stage]["dataset"]
         if dataset not in config["datasets"]:
             raise KeyError(f"interventions.{stage}.dataset is {dataset!r}, which datasets: does not define")
-    unknown = sorted(set(section["prefix"]["prefixes"]) - set(config["prefixes"]))
-    if unknown:
-        raise KeyError(f"interventions.prefix.prefixes names {unknown}, which prefixes: does not define")
+    for key in ("prefixes", "item_prefixes", "in_context"):
+        unknown = sorted(set(section["prefix"][key]) - set(config["prefixes"]))
+        if unknown:
+            raise KeyError(f"interventions.prefix.{key} names {unknown}, which prefixes: does not define")
+    templates = [name for name in section["prefix"]["prefixes"] if is_template(config["prefixes"][name])]
+    if templates:
+        raise KeyError(f"interventions.prefix.prefixes names the per-item templates {templates}: list them under "
+                       "interventions.prefix.item_prefixes (they are filled per text query)")
     return section
 
 
@@ -368,16 +384,68 @@ def not_surfaced_inputs(config: dict) -> list[str]:
     return sorted(inputs | {dataset_input(config, spec["dataset"])})
 
 
-def prefix_probe_targets(config: dict) -> list[str]:
-    """E5: the value probes of every MLM on the chosen tasks, with no prefix and each E5 prefix."""
+def prefix_text_tasks(config: dict) -> list[str]:
+    """The E5 tasks that take per-item prefixes and in-context queries: the text-query ones."""
+    return [task for task in interventions(config)["prefix"]["tasks"] if task in TEXT_QUERY_TASKS]
+
+
+def item_extraction_jobs(config: dict) -> list[tuple[str, str]]:
+    """(dataset, prefix) of every per-item store of each MLM (E5): the item prefixes' and those whose
+    queries are also read in context."""
+    section = interventions(config)
+    if not section:
+        return []
+    prefixes = set(section["prefix"]["item_prefixes"]) | set(section["prefix"]["in_context"])
+    return sorted({(config["probes"][task]["dataset"], prefix) for task in prefix_text_tasks(config)
+                   for prefix in prefixes})
+
+
+def prefix_conditions(config: dict, model: str, task: str) -> list[dict]:
+    """E5 conditions of one task: no prefix and each fixed prefix on the per-image stores; in a
+    text-query task also each item prefix on its per-item store, the queries fixed (the no-prefix
+    store's text-only values), and the in-context variants (the query after the image)."""
+    section, run = interventions(config)["prefix"], config["run"]
+    dataset = config["probes"][task]["dataset"]
+    text_task = task in TEXT_QUERY_TASKS
+    queries = features_path(run, model, dataset, "none") if text_task else None
+    conditions = [{"label": "none", "features": features_path(run, model, dataset, "none"), "queries": None,
+                   "per_item": False, "in_context": False}]
+    conditions += [{"label": prefix, "features": features_path(run, model, dataset, prefix), "queries": queries,
+                    "per_item": False, "in_context": False} for prefix in section["prefixes"]]
+    if text_task:
+        conditions += [{"label": prefix, "features": item_features_path(run, model, dataset, prefix),
+                        "queries": queries, "per_item": True, "in_context": False}
+                       for prefix in section["item_prefixes"]]
+        conditions += [{"label": f"in_context:{prefix}", "features": item_features_path(run, model, dataset, prefix),
+                        "queries": None, "per_item": True, "in_context": True} for prefix in section["in_context"]]
+    return conditions
+
+
+def prefix_probes_spec(config: dict, model: str) -> dict:
+    """E5 for one MLM: every task's probe settings and conditions (imagekv.interventions.prefix)."""
+    tasks = {}
+    for task in interventions(config)["prefix"]["tasks"]:
+        dataset = config["probes"][task]["dataset"]
+        tasks[task] = {
+            "dataset": dataset,
+            "dataset_root": dataset_root(config, dataset),
+            "dataset_cfg": loader_cfg(config, dataset),
+            "probe": probe_spec(config, model, dataset, "none", "values"),
+            "conditions": prefix_conditions(config, model, task),
+        }
+    return {"run": config["run"], "model": model, "tasks": tasks}
+
+
+def prefix_probes_inputs(config: dict, model: str) -> list[str]:
+    spec = prefix_probes_spec(config, model)
+    paths = {c["features"] for task in spec["tasks"].values() for c in task["conditions"]}
+    paths |= {dataset_input(config, task["dataset"]) for task in spec["tasks"].values()}
+    return sorted(paths)
+
+
+def prefix_gains_spec(config: dict) -> dict:
     section = interventions(config)["prefix"]
-    run = config["run"]
-    return sorted(
-        probe_path(run, model, config["probes"][task]["dataset"], prefix, "values")
-        for model in config["models"]
-        for task in section["tasks"]
-        for prefix in ["none", *section["prefixes"]]
-    )
+    return {"run": config["run"], "resamples": section["bootstrap_resamples"], "seed": section["bootstrap_seed"]}
 
 
 def correlation_spec(config: dict) -> dict:
@@ -438,7 +506,7 @@ def preflight_spec(config: dict) -> dict:
         spec["interventions"] = {
             "key_variance": {k: section["key_variance"][k] for k in ("dataset", "prefix")},
             "masked_probes": {"tasks": section["masked_probes"]["tasks"]},
-            "prefix": {k: section["prefix"][k] for k in ("prefixes", "tasks")},
+            "prefix": {k: section["prefix"][k] for k in ("prefixes", "item_prefixes", "in_context", "tasks")},
             "blocking": {
                 k: section["blocking"][k] for k in ("dataset", "answer_instruction", "conditions", "greedy_tokens")
             },

@@ -5,7 +5,8 @@ revision, read from `--local-files DIR/<model name>/`, or for `source: tiny` the
 reports every difference from the committed copies (src/imagekv/models/checkpoints/<model>/) by file
 and field, and builds the processor the run builds (AutoProcessor) with the model on the meta device
 (config only, no weights). Then it builds every prompt the run uses: each extraction job's image
-prompt with its prefix and its text queries, every BLINK question in the model's multi-image form,
+prompt with its prefix and its text queries (E5 per-item stores: each query's own prompt, the
+query after the image), every BLINK question in the model's multi-image form,
 and checks that the template renders an image placeholder, that the processor's image-token count of
 every image size matches what the model config implies (imagekv.models.anyres; Qwen2.5-VL's merged
 28 px cells), that every grid is the one the config asks for, and that every sequence fits the
@@ -31,8 +32,9 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 from imagekv import plan
 from imagekv.datasets import load_dataset
 from imagekv.models.anyres import AnyresGeometry
-from imagekv.models.prompts import image_prompt, processor_inputs, text_ids, text_prompt
+from imagekv.models.prompts import image_prompt, image_query_prompt, processor_inputs, text_ids, text_prompt
 from imagekv.models.published import CHECKPOINTS
+from imagekv.prefixes import prefix_items
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,8 @@ def check_model(model: str, config: dict, local_files: Path | None) -> ModelRepo
     _check_one_image_end_to_end(report, tested, tokens)
     for dataset, prefix in plan.extraction_jobs(config, model):
         _check_extraction(report, tested, tokens, config, dataset, prefix)
+    for dataset, prefix in plan.item_extraction_jobs(config):
+        _check_item_extraction(report, tested, tokens, config, dataset, prefix)
     if plan.interventions(config):
         section = plan.interventions(config)["blocking"]
         _check_blink(report, tested, tokens, config, "blink", section["conditions"])
@@ -348,9 +352,33 @@ def _check_extraction(
             continue
         length = _prompt_length(processor, text, [image_tokens])
         report.count("extraction", length, f"{job}: {count} image(s) of {width}x{height} px", times=count)
-    for query in loaded.texts():
-        ids = text_ids(processor, text_prompt(processor, config["prefixes"][prefix] + query))
+    for query in loaded.texts() if not config["prefixes"][prefix] else ():  # E5 reads queries with no prefix
+        ids = text_ids(processor, text_prompt(processor, query))
         report.count("text_queries", ids.shape[1], f"{job}: text query {query!r}")
+
+
+def _check_item_extraction(
+    report: ModelReport, tested: ModelUnderTest, tokens: ImageTokens, config: dict, dataset: str, prefix: str
+) -> None:
+    """E5 per-item stores: every query's prompt, its filled prefix, its image, the query after it."""
+    processor, backbone = tested.processor, tested.backbone
+    job = f"per-item extraction {dataset}/{prefix}"
+    loaded = _dataset(config, dataset)
+    paths = {ref.image_id: ref.path for ref in loaded.images()}
+    try:
+        items = prefix_items(loaded.samples(), config["prefixes"][prefix], dataset)
+    except ValueError as error:
+        report.problems.append(f"{report.model}: {job}: {error}")
+        return
+    for key, item in items.items():
+        prepared = tokens.prepared(next(iter(image_sizes([paths[item.image_id]]))))
+        try:
+            image_tokens = tokens.single(prepared.height, prepared.width)[0]
+            text = image_query_prompt(processor, item.prefix, item.query)
+        except ValueError as error:
+            report.problems.append(f"{report.model}: {job}: item {key!r}: {error}")
+            continue
+        report.count("extraction", _prompt_length(processor, text, [image_tokens]), f"{job}: item {key!r}")
 
 
 def _check_blink(

@@ -27,3 +27,18 @@ rule extract_features:
     shell:
         "python -m imagekv extract --spec {params.spec:q} --output {output:q}"
         " --threads {threads} > {log:q} 2>&1"
+
+
+# E5 per-item prefixes: one forward per text query, its image after its own prefix and its query
+# after the image (imagekv.prefixes); the same command, a per-item spec.
+use rule extract_features as extract_item_features with:
+    output:
+        directory(
+            plan.item_features_path("{run}", "{backbone}", "{dataset}", "{prefix}")
+        ),
+    log:
+        "logs/{run}/extract_items/{backbone}/{dataset}/{prefix}.log",
+    params:
+        spec=lambda wc: as_json(
+            plan.item_extraction_spec(config, wc.backbone, wc.dataset, wc.prefix)
+        ),

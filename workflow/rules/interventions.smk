@@ -166,9 +166,32 @@ rule not_surfaced:
         "python -m imagekv not-surfaced --spec {params.spec:q} --output {output:q} > {log:q} 2>&1"
 
 
+rule prefix_probes:
+    input:
+        lambda wc: plan.prefix_probes_inputs(config, wc.backbone),
+    output:
+        rows=plan.intervention_path("{run}", "prefix_probes.csv", "{backbone}"),
+        units=plan.intervention_path("{run}", "prefix_units.csv", "{backbone}"),
+    log:
+        "logs/{run}/interventions/prefix_probes/{backbone}.log",
+    wildcard_constraints:
+        backbone="|".join(MLMS),
+    conda:
+        "../../envs/probes.yaml"
+    threads: 1
+    params:
+        spec=lambda wc: as_json(plan.prefix_probes_spec(config, wc.backbone)),
+    shell:
+        "python -m imagekv prefix-probes --spec {params.spec:q} --output {output.rows:q}"
+        " --units {output.units:q} --threads {threads} > {log:q} 2>&1"
+
+
 rule collect_prefix_probes:
     input:
-        lambda wc: plan.prefix_probe_targets(config),
+        expand(
+            plan.intervention_path("{{run}}", "prefix_probes.csv", "{model}"),
+            model=MLMS,
+        ),
     output:
         plan.intervention_path("{run}", "prefix_probes.csv"),
     log:
@@ -177,6 +200,25 @@ rule collect_prefix_probes:
         "../../envs/plots.yaml"
     shell:
         "python -m imagekv collect --output {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule prefix_gains:
+    input:
+        expand(
+            plan.intervention_path("{{run}}", "prefix_units.csv", "{model}"),
+            model=MLMS,
+        ),
+    output:
+        plan.intervention_path("{run}", "prefix_gains.csv"),
+    log:
+        "logs/{run}/interventions/prefix_gains.log",
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        spec=lambda wc: as_json(plan.prefix_gains_spec(config)),
+    shell:
+        "python -m imagekv prefix-gains --spec {params.spec:q} --output {output:q} {input:q}"
+        " > {log:q} 2>&1"
 
 
 rule correlation:
@@ -314,7 +356,7 @@ use rule table_blocking as table_artifact_masking with:
 
 use rule table_blocking as table_prefix_gains with:
     input:
-        results=plan.intervention_path("{run}", "prefix_probes.csv"),
+        results=plan.intervention_path("{run}", "prefix_gains.csv"),
         code=TABLE_CODE + ["src/imagekv/tables/prefix_gains.py"],
     output:
         report(

@@ -57,6 +57,18 @@ class TextQuery:
     text: str
     mask: np.ndarray
     category: str = ""
+    # Store keys when they differ from image_id and text (E5 per-item prefixes, imagekv.prefixes):
+    # the features extracted with this query's own prefix; its value read after the image.
+    features_id: str = ""
+    text_id: str = ""
+
+    @property
+    def features_key(self) -> str:
+        return self.features_id or self.image_id
+
+    @property
+    def text_key(self) -> str:
+        return self.text_id or self.text
 
 
 @dataclass

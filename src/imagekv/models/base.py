@@ -63,6 +63,14 @@ class Backbone(ABC):
         """The exact text the model reads with one image (None for encoders without text)."""
         return None
 
+    def encode_items(
+        self, images: Sequence[Image.Image], prefixes: Sequence[str], queries: Sequence[str],
+        layers: Sequence[int] | None = None,
+    ) -> list[tuple[BackboneOutput, torch.Tensor]]:
+        """Per image, after its own prefix and followed by its query in one sequence: its features
+        and the query's last-token value [layers, kv_heads*head_dim] (E5 per-item prefixes)."""
+        raise NotImplementedError(f"{self.name} has no text tokens")
+
     def encode_text(
         self, texts: Sequence[str], prefix: str = "", layers: Sequence[int] | None = None
     ) -> torch.Tensor:

@@ -37,6 +37,18 @@ def image_prompt(processor: ProcessorMixin, prefix: str = "") -> str:
     return with_image[:start] + prefix + with_image[start:end]
 
 
+def image_query_prompt(processor: ProcessorMixin, prefix: str, query: str) -> str:
+    """`image_prompt` followed by `query` as the template's user turn lays out an image then a text,
+    cut after the query (SPEC T3 (b), E5 in-context: the query's value has attended to the image).
+    The image prompt is its exact start, so the image's keys and values stay those it gives alone."""
+    head = image_prompt(processor)
+    rendered = user_turn(processor, [{"type": "image"}, {"type": "text", "text": query}])
+    if not rendered.startswith(head) or query not in rendered[len(head):]:
+        raise ValueError(f"{type(processor).__name__}: the chat template's turn of an image then the text "
+                         f"{query!r} does not continue its image prompt {head!r}: {rendered!r}")
+    return image_prompt(processor, prefix) + rendered[len(head) : rendered.rindex(query) + len(query)]
+
+
 def text_prompt(processor: ProcessorMixin, text: str) -> str:
     """The template's user turn holding `text` alone, cut after the text."""
     rendered = user_turn(processor, [{"type": "text", "text": text}])

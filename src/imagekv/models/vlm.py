@@ -24,7 +24,7 @@ from imagekv.grid import TokenGrid
 from imagekv.models.anyres import AnyresGeometry
 from imagekv.models.base import Backbone, BackboneOutput
 from imagekv.models.partial_forward import forward_until
-from imagekv.models.prompts import image_prompt, processor_inputs, text_ids, text_prompt
+from imagekv.models.prompts import image_prompt, image_query_prompt, processor_inputs, text_ids, text_prompt
 from imagekv.models.tiny import build_tiny
 
 KEY_MODES = ("post_rope", "pre_rope")  # as the cache holds them (default), or k_proj's output
@@ -68,7 +68,10 @@ class VlmBackbone(Backbone):
 
     def model_inputs(self, image: Image.Image, prefix: str = "") -> dict:
         """The processor's tensors for one image after `prefix`, on the model's device."""
-        inputs = processor_inputs(self.processor, self.prompt_text(prefix), [self.prepare_image(image)])
+        return self._inputs(image, self.prompt_text(prefix))
+
+    def _inputs(self, image: Image.Image, prompt: str) -> dict:
+        inputs = processor_inputs(self.processor, prompt, [self.prepare_image(image)])
         return {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
 
     def prepare_image(self, image: Image.Image) -> Image.Image:
@@ -89,14 +92,28 @@ class VlmBackbone(Backbone):
         self, images: Sequence[Image.Image], prefix: str = "", layers: Sequence[int] | None = None
     ) -> list[BackboneOutput]:
         layers = tuple(range(self.num_layers)) if layers is None else tuple(layers)
+        prompt = self.prompt_text(prefix)
         with self._pre_rope_keys(layers) as pre_rope, self._lm_input() as lm_input:
-            return [self._encode_one(image, prefix, layers, pre_rope, lm_input) for image in images]
+            return [self._encode_one(image, prompt, layers, pre_rope, lm_input)[0] for image in images]
+
+    @torch.no_grad()
+    def encode_items(
+        self, images: Sequence[Image.Image], prefixes: Sequence[str], queries: Sequence[str],
+        layers: Sequence[int] | None = None,
+    ) -> list[tuple[BackboneOutput, torch.Tensor]]:
+        """Each image after its own prefix, its query after it in the same sequence: the image's
+        features and the query's last-token value per layer [layers, C], from one forward."""
+        layers = tuple(range(self.num_layers)) if layers is None else tuple(layers)
+        with self._pre_rope_keys(layers) as pre_rope, self._lm_input() as lm_input:
+            return [self._encode_one(image, image_query_prompt(self.processor, prefix, query), layers, pre_rope, lm_input)
+                    for image, prefix, query in zip(images, prefixes, queries, strict=True)]
 
     def _encode_one(
-        self, image: Image.Image, prefix: str, layers: tuple[int, ...], pre_rope: dict, lm_input: dict
-    ) -> BackboneOutput:
-        """One forward; `pre_rope` and `lm_input` are what the hooks capture during it."""
-        inputs = self.model_inputs(image, prefix)
+        self, image: Image.Image, prompt: str, layers: tuple[int, ...], pre_rope: dict, lm_input: dict
+    ) -> tuple[BackboneOutput, torch.Tensor]:
+        """One forward on `prompt` (an image prompt, maybe followed by text); `pre_rope` and
+        `lm_input` are what the hooks capture during it. Also the last token's value per layer."""
+        inputs = self._inputs(image, prompt)
         cache = self._fill_cache(inputs, max(layers)).layers
         image_positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).squeeze(1)
         token_index, grid = self.grid_tokens(inputs, image, len(image_positions))
@@ -106,14 +123,17 @@ class VlmBackbone(Backbone):
         else:
             keys = torch.stack([pre_rope[layer][0, positions] for layer in layers])
         values = heads_per_token([cache[layer].values[0] for layer in layers], positions)
+        last_token = torch.tensor([inputs["input_ids"].shape[1] - 1])
+        last = heads_per_token([cache[layer].values[0] for layer in layers], last_token)
         shape = (grid.rows, grid.cols, -1)
-        return BackboneOutput(
+        output = BackboneOutput(
             values=values.reshape(len(layers), *shape).cpu(),
             keys=keys.reshape(len(layers), *shape).cpu(),
             projection=lm_input["inputs_embeds"][0, positions].reshape(*shape).cpu(),
             grid=grid,
             layers=layers,
         )
+        return output, last[:, 0].cpu()
 
     def _fill_cache(self, inputs: dict, deepest: int) -> DynamicCache:
         """The model's own cache of a forward on `inputs`, run until attention of layer `deepest` has

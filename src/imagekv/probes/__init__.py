@@ -22,7 +22,7 @@ import torch
 
 from imagekv.datasets.schema import Sample
 from imagekv.grid import TokenGrid
-from imagekv.probes.splits import DEFAULT_SEED, split_samples
+from imagekv.probes.splits import DEFAULT_SEED, split_samples, unit_id
 
 
 class FeatureSource(Protocol):
@@ -89,8 +89,7 @@ def run_probe(
     tuning = params.get("tune_images", 0) if tune else 0
     if not (tuning or held_out):
         return run(samples, features, params)
-    parts = split_samples(samples, split_seed, tuning)
-    tuned = tune(parts["tune"], features, params) if tuning else {}
+    parts, tuned = _tuned(task, samples, features, params, split_seed)
     params = params | tuned
     tuning_ids = {id(s) for s in parts["tune"]}
     rows = run([s for s in samples if id(s) not in tuning_ids], features, params)
@@ -101,6 +100,29 @@ def run_probe(
         index = {layer: i for i, layer in enumerate(features.layers)}
         rows = [row | {"tuned": {k: v[index[row["layer"]]] for k, v in tuned.items()}} for row in rows]
     return rows
+
+
+def run_probe_units(
+    task: str, samples: Iterable[Sample], features: FeatureSource, params: dict, split_seed: int = DEFAULT_SEED
+) -> list[dict]:
+    """The probe on each unit (imagekv.probes.splits.unit_id: an image's queries, an episode, a set,
+    a pair, a clip) alone, outside the tuning split and with the tuned values: rows as `run_probe`'s
+    plus "unit", what a paired bootstrap over units resamples."""
+    run = _lookup(task)[0]
+    params = resolve_params(task, params)
+    parts, tuned = _tuned(task, list(samples), features, params, split_seed)
+    units: dict[str, list] = {}
+    for sample in parts["validation"] + parts["test"]:
+        units.setdefault(unit_id(sample), []).append(sample)
+    return [row | {"unit": unit} for unit, members in units.items() for row in run(members, features, params | tuned)]
+
+
+def _tuned(task: str, samples: list, features: FeatureSource, params: dict, split_seed: int) -> tuple[dict, dict]:
+    """The held-out splits of `samples` and the values the task's tuner chose on the tuning split."""
+    tune = _lookup(task)[2]
+    tuning = params.get("tune_images", 0) if tune else 0
+    parts = split_samples(samples, split_seed, tuning)
+    return parts, (tune(parts["tune"], features, params) if tuning else {})
 
 
 def _lookup(task: str) -> tuple[ProbeFn, dict, TuneFn | None]:

@@ -87,7 +87,7 @@ def _score_queries(samples, source, similarity: str, taus: np.ndarray) -> tuple[
     classes, counts, hits = [], [], []
     for query in samples:
         scores = query_scores(query, source, similarity)  # [L, T] in [0, 1]
-        grid = source.grid(query.image_id)
+        grid = source.grid(query.features_key)
         pred = to_pixels(scores, grid)[None] >= taus[:, :, None, None]  # [K, L, H, W]
         counts.append(np.stack(intersection_union(pred, query.mask)))
         centres = grid.centers()[scores.argmax(1).cpu().numpy()]
@@ -102,14 +102,14 @@ def query_scores(query: TextQuery, source: FeatureSource, similarity: str) -> to
     """[L, T] per-layer text-image similarity, min-max normalised over the image's tokens; excluded
     tokens score 0 (background) and take no part in the normalisation."""
     cosine = similarity == "cosine"
-    image = token_features(source, query.image_id, normalize=cosine)  # [L, T, C]
-    text = source.text(query.text).to(probe_device(), torch.float32)  # [L, C]
+    image = token_features(source, query.features_key, normalize=cosine)  # [L, T, C]
+    text = source.text(query.text_key).to(probe_device(), torch.float32)  # [L, C]
     if cosine:
         text = l2_normalize(text)
     scores = torch.einsum("ltc,lc->lt", image, text)
-    keep = kept_tokens(source, query.image_id)
+    keep = kept_tokens(source, query.features_key)
     if not keep.any():
-        raise ValueError(f"text query on {query.image_id!r}: every token is excluded")
+        raise ValueError(f"text query on {query.features_key!r}: every token is excluded")
     low = scores.masked_fill(~keep, float("inf")).amin(1, keepdim=True)
     high = scores.masked_fill(~keep, float("-inf")).amax(1, keepdim=True)
     return ((scores - low) / (high - low).clamp_min(1e-12)).masked_fill(~keep, 0.0)

@@ -1,5 +1,8 @@
-"""R-T3: the best layer of each image-value probe with each text prefix before the image, and its
-gain over no prefix (SPEC E5)."""
+"""R-T3: per MLM, task and text-prefix condition, the best layer of the image-value probe and its
+gain over the condition's baseline (no prefix; for the in-context variant, no prefix with the query
+in context), with a paired-bootstrap 95 % interval over units (SPEC E5; imagekv.interventions.prefix).
+The scores are means over units of the headline metric (an image's queries, an episode, a set, a
+pair, a clip), so they can differ slightly from the pooled metric of the figure."""
 
 from __future__ import annotations
 
@@ -7,39 +10,40 @@ from pathlib import Path
 
 import pandas as pd
 
-from imagekv.figures.prefix_probes import headline, prefix_order
 from imagekv.figures.style import MODEL_LABELS, Provenance
-from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER
-from imagekv.results import read_results
+from imagekv.interventions.prefix import condition_order
+from imagekv.probes.headline import TASK_ORDER
+from imagekv.results import read_table
 from imagekv.tables import write_table
 
-CAPTION = "Image-value probes with a text prefix before the image: best layer and gain over no prefix"
+CAPTION = ("Image-value probes with a text prefix before the image: best layer (mean over units) and gain over "
+           "the baseline, paired-bootstrap 95% interval")
 
 
-def summarise(rows: pd.DataFrame) -> pd.DataFrame:
-    records = []
-    for (model, task, prefix), curve in rows.groupby(["model", "task", "prefix"]):
-        best = curve.loc[curve["value"].idxmax()]
-        baseline = rows[(rows["model"] == model) & (rows["task"] == task) & (rows["prefix"] == "none")]
-        last = curve.loc[curve["layer"].idxmax()]
-        records.append({
-            "model": MODEL_LABELS.get(model, model),
-            "task": task,
-            "metric": HEADLINE_METRICS[task],
-            "prefix": prefix,
-            "best_layer": f"{int(best['layer'])}/{int(last['layer']) + 1}",
-            "best": float(best["value"]),
-            "last": float(last["value"]),
-            "gain_over_none": float(best["value"]) - float(baseline["value"].max()),
-        })
-    table = pd.DataFrame.from_records(records)
-    table["task_order"] = table["task"].map(TASK_ORDER.index)
-    table["prefix_order"] = table["prefix"].map(prefix_order(table["prefix"]).index)
-    return table.sort_values(["task_order", "model", "prefix_order"]).drop(columns=["task_order", "prefix_order"])
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    order = condition_order(frame["prefix"])
+    table = pd.DataFrame({
+        "model": frame["model"].map(lambda m: MODEL_LABELS.get(m, m)),
+        "task": frame["task"],
+        "metric": frame["metric"],
+        "prefix": frame["prefix"],
+        "baseline": frame["baseline"],
+        "units": frame["units"].astype(int),
+        "best_layer": frame["best_layer"].astype(int),
+        "best": frame["best"].astype(float),
+        "baseline_best": frame["baseline_best"].astype(float),
+        "gain": frame["gain"].astype(float),
+        "95% CI": [f"[{low:+.3f}, {high:+.3f}]" for low, high in zip(frame["low"], frame["high"])],
+    })
+    keys = [table["task"].map(TASK_ORDER.index), table["model"], table["prefix"].map(order.index)]
+    return table.assign(_t=keys[0], _p=keys[2]).sort_values(["_t", "model", "_p"]).drop(columns=["_t", "_p"])
 
 
 def write(results: str | Path, stem: str | Path, run: str, scale: str) -> None:
-    rows = headline(read_results(results))
-    prefixes = ", ".join(prefix_order(rows["prefix"]))
-    write_table(summarise(rows).reset_index(drop=True), stem, CAPTION,
-                Provenance.from_results(rows, run, scale, prefix=prefixes))
+    frame = read_table(results)
+    provenance = Provenance(
+        run=run, scale=scale, models=sorted(frame["model"].unique()), grid="each store's",
+        prefix=", ".join(condition_order(frame["prefix"])),
+        samples=", ".join(f"{t}={n}" for t, n in frame.groupby("task")["units"].max().items()) + " units",
+    )
+    write_table(summarise(frame).reset_index(drop=True), stem, CAPTION, provenance)
