@@ -7,6 +7,8 @@ held-out tuning images (SPEC T3; `tune_images`, the split drawn by imagekv.probe
 scores mIoU over classes (intersections and unions summed per class over its images); T4 the mean
 IoU over expressions. Both also report pointing accuracy: the
 fraction of queries whose arg-max token has its cell centre on the ground-truth mask.
+A query reads the image features and the text value under its `features_key` and `text_key` (its
+image and text, or for E5 per-item stores its own item's, imagekv.prefixes).
 """
 
 from __future__ import annotations
