@@ -11,6 +11,8 @@ from pathlib import Path
 
 # Representations an MLM's feature store holds; references and calibration backbones store only values.
 MLM_REPRESENTATIONS = ("values", "keys", "projection")
+# The MLM's own vision tower output (the projector's input), stored too when the config probes it.
+TOWER = "tower"
 # Layout of the feature stores extraction writes (see imagekv.features). Part of every extraction
 # spec, so a new layout reruns extraction and misses Snakemake's between-workflow cache.
 STORE_FORMAT = 4
@@ -137,12 +139,36 @@ def extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> d
         "dataset_cfg": loader_cfg(config, dataset),
         "prefix_name": prefix,
         "prefix": config["prefixes"][prefix],
-        "store": list(MLM_REPRESENTATIONS if entry.kind == "mlm" else ("values",)),
+        "store": mlm_store(config) if entry.kind == "mlm" else ["values"],
         "store_format": STORE_FORMAT,
         "device": config["device"],
         "dtype": config["dtype"],
         **config["extraction"],
     }
+
+
+def mlm_store(config: dict) -> list[str]:
+    """What an MLM's extraction stores: values, keys and projection, and its tower when probed."""
+    probed_tower = TOWER in config["probing"]["representations"]
+    crops = sorted(model for model, section in config["models"].items() if section.get("view") == "crops")
+    if probed_tower and crops:
+        raise ValueError(f"probing.representations holds {TOWER}, but models.{crops[0]}.view is crops: "
+                         f"the tower maps token for token onto the base view only")
+    return [*MLM_REPRESENTATIONS, *([TOWER] if probed_tower else [])]
+
+
+def reference_pairing(config: dict) -> dict[str, dict]:
+    """Each MLM's own reference encoders (`pairing:`, issue 17.3): model -> {"references": names in
+    `references:`, "note": what footers say about it}. Empty when the config pairs nothing. Raises
+    naming the key that refers to a model or reference the config does not define."""
+    pairing = config.get("pairing", {})
+    for model, section in pairing.items():
+        if model not in config["models"]:
+            raise KeyError(f"pairing.{model}: {model!r} is not a model of models:")
+        unknown = sorted(set(section["references"]) - set(config.get("references", {})))
+        if unknown:
+            raise KeyError(f"pairing.{model}.references names {unknown}, which references: does not define")
+    return {model: {"references": list(s["references"]), "note": s.get("note", "")} for model, s in pairing.items()}
 
 
 def probe_spec(config: dict, backbone: str, dataset: str, prefix: str, representation: str) -> dict:
