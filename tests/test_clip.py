@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from imagekv.grid import TokenGrid
-from imagekv.models.clip import TINY_CONFIG, published_processor
+from imagekv.models.clip import TINY_CONFIG, check_published, published_processor
 from imagekv.models.published import published_file
 from imagekv.models.registry import build_backbone
 
@@ -70,6 +70,14 @@ def test_preprocessing_is_the_published_file():
     assert list(processor.image_mean) == [0.48145466, 0.4578275, 0.40821073]
     assert list(processor.image_std) == [0.26862954, 0.26130258, 0.27577711]
     assert int(processor.resample) == 3 and processor.do_center_crop
+
+
+def test_a_downloaded_processor_that_preprocesses_otherwise_is_refused_naming_the_setting():
+    check_published(published_processor(), "hub copy")
+    other = published_processor()
+    other.image_mean = [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match=r"hub copy: preprocessor settings \['image_mean'\] differ"):
+        check_published(other, "hub copy")
 
 
 def test_the_real_tower_has_the_architecture_of_llava_nexts():

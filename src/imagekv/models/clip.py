@@ -47,7 +47,9 @@ class Clip(VisionEncoder):
     @classmethod
     def from_hub(cls, checkpoint: str, revision: str, dtype: torch.dtype):
         model = CLIPVisionModel.from_pretrained(checkpoint, revision=revision, dtype=dtype)
-        return model, CLIPImageProcessor.from_pretrained(checkpoint, revision=revision)
+        processor = CLIPImageProcessor.from_pretrained(checkpoint, revision=revision)
+        check_published(processor, f"{checkpoint}@{revision}")
+        return model, processor
 
     @classmethod
     def tiny(cls):
@@ -57,3 +59,25 @@ class Clip(VisionEncoder):
 def published_processor() -> CLIPImageProcessor:
     """The processor of the committed preprocessor_config.json."""
     return CLIPImageProcessor(**json.loads(PREPROCESSOR.read_text()))
+
+
+# The settings that decide the pixels the model sees.
+CHECKED_SETTINGS = ("size", "crop_size", "do_center_crop", "do_resize", "do_normalize", "image_mean", "image_std", "resample")
+
+
+def check_published(processor: CLIPImageProcessor, source: str) -> None:
+    """The downloaded processor must preprocess as the committed file says (the twin and the tests use
+    that file); a difference is an error naming each setting."""
+    published = published_processor()
+    differ = [key for key in CHECKED_SETTINGS if _plain(getattr(processor, key)) != _plain(getattr(published, key))]
+    if differ:
+        raise ValueError(f"{source}: preprocessor settings {differ} differ from the committed {PREPROCESSOR}")
+
+
+def _plain(value):
+    """Comparable form of a processor setting (size objects, enums, tuples)."""
+    if hasattr(value, "items"):
+        return {k: v for k, v in dict(value.items()).items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [float(v) for v in value]
+    return int(value) if not isinstance(value, bool) and hasattr(value, "__int__") else value
