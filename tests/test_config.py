@@ -112,6 +112,9 @@ def test_each_mlm_is_paired_with_its_own_encoders(path):
     for model in config["models"]:
         assert "tower" in plan.extraction_spec(config, model, "msrc", "none")["store"]
         assert plan.probe_path(config["run"], model, "msrc", "none", "tower") in plan.probe_targets(config)
+        # the tower sees no text and no probe reads it elsewhere: not stored with a prefix, nor for E4/E6
+        assert "tower" not in plan.extraction_spec(config, model, "imagenet_s", "task")["store"]
+        assert "tower" not in plan.extraction_spec(config, model, "blink", "none")["store"]
 
 
 def test_a_pairing_naming_an_unknown_reference_or_a_tower_on_the_crops_view_is_named():
