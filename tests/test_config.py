@@ -96,3 +96,31 @@ def test_the_workflow_refuses_a_config_with_a_duplicate_key(tmp_path):
     result = snakemake(["--dry-run", "--configfile", "dup.yaml"], project, timeout=300)
     assert result.returncode != 0
     assert re.search(r"dup.yaml: line \d+: key 'seed' is given twice", result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml"])
+def test_each_mlm_is_paired_with_its_own_encoders(path):
+    """Issue 17.3: SigLIP for LLaVA-OneVision, CLIP ViT-L/14-336 for LLaVA-NeXT, and for Qwen2.5-VL
+    only its own tower, with the reason written down; every MLM's tower is stored and probed."""
+    config = yaml.safe_load((ROOT / path).read_text())
+    pairing = plan.reference_pairing(config)
+    assert {model: entry["references"] for model, entry in pairing.items()} == {
+        "llava_onevision": ["siglip"], "llava_next": ["clip"], "qwen2_5_vl": [],
+    }
+    assert "no public pre-fine-tuning encoder" in pairing["qwen2_5_vl"]["note"]
+    assert config["references"]["clip"]["checkpoint"] == "openai/clip-vit-large-patch14-336"
+    for model in config["models"]:
+        assert "tower" in plan.extraction_spec(config, model, "msrc", "none")["store"]
+        assert plan.probe_path(config["run"], model, "msrc", "none", "tower") in plan.probe_targets(config)
+        # the tower sees no text and no probe reads it elsewhere: not stored with a prefix, nor for E4/E6
+        assert "tower" not in plan.extraction_spec(config, model, "imagenet_s", "task")["store"]
+        assert "tower" not in plan.extraction_spec(config, model, "blink", "none")["store"]
+
+
+def test_a_pairing_naming_an_unknown_reference_or_a_tower_on_the_crops_view_is_named():
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    with pytest.raises(KeyError, match=r"pairing.llava_next.references names \['dinov2'\]"):
+        plan.reference_pairing(config | {"pairing": {"llava_next": {"references": ["dinov2"]}}})
+    crops = config | {"models": config["models"] | {"llava_next": config["models"]["llava_next"] | {"view": "crops"}}}
+    with pytest.raises(ValueError, match="models.llava_next.view is crops"):
+        plan.extraction_spec(crops, "llava_next", "msrc", "none")

@@ -15,7 +15,7 @@ from imagekv import plan
 from imagekv.datasets import load_dataset
 from imagekv.datasets.synthetic import synthesize
 from imagekv.extract import extract, extract_store
-from imagekv.features import STORE_FORMAT, FeatureStore
+from imagekv.features import PROJECTION_LAYER, STORE_FORMAT, TOWER_LAYER, FeatureStore
 from imagekv.images import ImageFileError, load_rgb
 from imagekv.models.registry import build_backbone
 from smoke_config import SMOKE_CONFIG
@@ -52,8 +52,9 @@ def store_bytes(manifest: Path) -> dict[str, bytes]:
     [
         ("oracle", {"grid": [4, 3], "noise_std": 0.1}, ["values"]),
         ("siglip", {"source": "tiny"}, ["values"]),
+        ("clip", {"source": "tiny"}, ["values"]),
         # Qwen2.5-VL at native resolution: every image its own grid, so a shard's token runs differ
-        ("qwen2_5_vl", {"source": "tiny", "resolution": "native"}, ["values", "keys", "projection"]),
+        ("qwen2_5_vl", {"source": "tiny", "resolution": "native"}, ["values", "keys", "projection", "tower"]),
         # the anyres crops map: grids whose footprint is not the whole image
         ("llava_next", {"source": "tiny", "view": "crops"}, ["values"]),
     ],
@@ -72,15 +73,18 @@ def test_store_returns_exactly_what_the_backbone_gave_in_fp16(refcoco, tmp_path,
             got = store.features(ref.image_id, representation)
             expected = getattr(output, representation).half().float()
             assert got.dtype == torch.float32
-            assert torch.equal(got, expected.unsqueeze(0) if representation == "projection" else expected)
+            single_layer = representation in ("projection", "tower")
+            assert torch.equal(got, expected.unsqueeze(0) if single_layer else expected)
         assert store.grid(ref.image_id) == output.grid
         assert store.layers == output.layers
     if model in ("qwen2_5_vl", "llava_next"):
         assert len({store.grid(image_id).num_tokens for image_id in store.image_ids}) > 1
     if model == "llava_next":
         assert any(store.grid(image_id).footprint is not None for image_id in store.image_ids)
+    if "tower" in store.meta["representations"]:
+        assert store.view("tower").layers == (TOWER_LAYER,) and store.view("projection").layers == (PROJECTION_LAYER,)
     texts = sorted(dataset.texts())
-    if model != "siglip":
+    if model not in ("siglip", "clip"):
         expected = backbone.encode_text(texts).half().float()
         assert torch.equal(torch.stack([store.text(text) for text in texts]), expected)
     else:

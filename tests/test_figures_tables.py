@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -94,9 +95,53 @@ def test_best_layers_by_hand():
     assert row["best_layer"] == "1/4" and row["best_depth"] == pytest.approx(1 / 3)
     assert (row["best"], row["last"], row["projection"]) == (0.5, 0.1, 0.3)
     assert row["gain_over_projection"] == pytest.approx(0.2)
-    assert row["siglip_minus_best"] == pytest.approx(0.1)
+    assert row["encoder"] == "SigLIP" and row["encoder_minus_best"] == pytest.approx(0.1)  # no pairing: every reference
+    assert pd.isna(row["tower"])
     assert (row["oracle"], row["noise"]) == (0.9, 0.05)
     assert row["heldout_layer"] == "–" and pd.isna(row["heldout_test"])  # no split rows
+
+
+PAIRING = {
+    "llava_onevision": {"references": ["siglip"], "note": ""},
+    "llava_next": {"references": ["clip"], "note": ""},
+    "qwen2_5_vl": {"references": [], "note": "Qwen2.5-VL has no public pre-fine-tuning encoder"},
+}
+
+
+def _paired_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        [row for model in PAIRING for row in _rows(model, "values", [(0, 0.2), (1, 0.5)])]
+        + [row for model, tower in zip(PAIRING, (0.45, 0.35, 0.25)) for row in _rows(model, "tower", [(-2, tower)])]
+        + _rows("siglip", "siglip", [(2, 0.6)])
+        + _rows("clip", "clip", [(2, 0.7)])
+    )
+
+
+def test_best_layers_pairs_each_model_with_its_own_tower_and_encoder():
+    table = best_layers.summarise(_paired_frame(), PAIRING).set_index("model")
+    assert table.loc["LLaVA-OneVision", "encoder"] == "SigLIP"
+    assert table.loc["LLaVA-OneVision", "encoder_minus_best"] == pytest.approx(0.1)
+    assert table.loc["Llama-3-LLaVA-NeXT", "encoder"] == "CLIP ViT-L/14-336"
+    assert table.loc["Llama-3-LLaVA-NeXT", "encoder_minus_best"] == pytest.approx(0.2)
+    assert table.loc["Qwen2.5-VL", "encoder"] == "none public" and pd.isna(table.loc["Qwen2.5-VL", "encoder_score"])
+    assert table["tower"].to_dict() == {"LLaVA-OneVision": 0.45, "Llama-3-LLaVA-NeXT": 0.35, "Qwen2.5-VL": 0.25}
+    assert table.loc["Qwen2.5-VL", "tower_minus_best"] == pytest.approx(-0.25)
+
+
+def test_paired_figures_and_tables_draw_each_encoder_in_its_models_colour_and_print_the_note(tmp_path):
+    path = tmp_path / "probes.csv"
+    _paired_frame().to_csv(path, index=False)
+    ax = plt.figure().add_subplot()
+    layerwise.draw_curves(ax, _paired_frame(), pairing=PAIRING)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "SigLIP (encoder of LLaVA-OneVision)" in labels and "CLIP ViT-L/14-336 (encoder of Llama-3-LLaVA-NeXT)" in labels
+    assert "Qwen2.5-VL tower" in labels and "SigLIP" not in labels
+    plt.close("all")
+    layerwise.plot(path, [tmp_path / "f.png"], "smoke", "smoke", pairing=json.dumps(PAIRING))
+    footer = Provenance.from_results(_paired_frame(), "smoke", "smoke", pairing=PAIRING).footer()
+    assert footer.endswith("| Qwen2.5-VL has no public pre-fine-tuning encoder")
+    best_layers.write(path, tmp_path / "t", "smoke", "smoke", pairing=json.dumps(PAIRING))
+    assert "Qwen2.5-VL has no public pre-fine-tuning encoder" in (tmp_path / "t.md").read_text()
 
 
 def test_best_layers_held_out_layer_is_chosen_on_validation_and_scored_on_test():

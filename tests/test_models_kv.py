@@ -5,6 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
+from transformers.vision_utils import get_vision_window_index
+
 from imagekv.models.prompts import processor_inputs, text_ids, text_prompt, user_turn
 from imagekv.models.registry import build_backbone
 
@@ -221,3 +223,66 @@ def test_changing_one_grid_cell_changes_its_token_only(name, cell):
     expected = torch.zeros(side, side, dtype=torch.bool)
     expected[row, col] = True
     assert torch.equal(changed, expected)
+
+
+def _own_tower_output(backbone, inputs):
+    """The model's own vision tower on the adapter's pixels, read where its config says its projector
+    reads: [tokens, C] in the tower's own token order."""
+    model, config = backbone.model.model, backbone.model.config
+    with torch.no_grad():
+        if backbone.name == "qwen2_5_vl":
+            return model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
+        hidden = model.vision_tower(inputs["pixel_values"][0], output_hidden_states=True).hidden_states
+    selected = hidden[config.vision_feature_layer][0]  # the base view: the first crop
+    return selected[1:] if config.vision_feature_select_strategy == "default" else selected
+
+
+def test_tower_is_the_models_own_vision_tower_output_at_the_layer_its_projector_reads(backbone):
+    image = _image(2)
+    (output,) = backbone.encode([image])
+    own = _own_tower_output(backbone, backbone.model_inputs(image))
+    rows, cols = output.grid.rows, output.grid.cols
+    tower = output.tower.reshape(rows * cols, -1)
+    if backbone.name == "qwen2_5_vl":  # window order -> raster order, 2x2 patches side by side
+        visual = backbone.model.model.visual
+        window_index, _ = get_vision_window_index(
+            backbone.model_inputs(image)["image_grid_thw"], spatial_merge_size=2,
+            window_size=visual.window_size, patch_size=visual.patch_size,
+        )
+        own = own.reshape(len(window_index), -1)[torch.argsort(window_index)]
+        assert tower.shape[1] == 4 * visual.config.hidden_size
+    else:
+        assert tower.shape[1] == backbone.model.config.vision_config.hidden_size
+    assert torch.equal(tower, own)
+
+
+def test_the_projector_maps_the_tower_onto_the_projection(backbone):
+    """The tower is what the projector receives, token for token: projecting it gives the LM input."""
+    (output,) = backbone.encode([_image(3)])
+    rows, cols = output.grid.rows, output.grid.cols
+    with torch.no_grad():
+        if backbone.name == "qwen2_5_vl":  # the merger's norm is per patch: split each token again
+            merger = backbone.model.model.visual.merger
+            projected = merger(output.tower.reshape(rows * cols * 4, -1))
+        else:
+            projected = backbone.model.model.multi_modal_projector(output.tower.reshape(rows * cols, -1))
+    torch.testing.assert_close(projected, output.projection.reshape(rows * cols, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_llava_next_tower_is_clip_layer_minus_2_without_cls():
+    backbone = _backbone("llava_next")
+    config = backbone.model.config
+    assert (config.vision_feature_layer, config.vision_feature_select_strategy) == (-2, "default")
+    image = _image(4)
+    (output,) = backbone.encode([image])
+    pixels = backbone.model_inputs(image)["pixel_values"][0]
+    with torch.no_grad():
+        hidden = backbone.model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2][0]
+    side = backbone.side
+    assert hidden.shape[0] == 1 + side * side and output.tower.shape[:2] == (side, side)
+    assert torch.equal(output.tower.reshape(side * side, -1), hidden[1:])
+
+
+def test_the_crops_view_has_no_tower():
+    (output,) = _backbone("llava_onevision", view="crops").encode([_image(5, size=(100, 300))])
+    assert output.tower is None

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
 TEXTS_PER_SHARD = 1024
-REPRESENTATIONS = ("values", "keys", "projection")
+REPRESENTATIONS = ("values", "keys", "projection", "tower")
 # Appends one batch's token rows, [layers, tokens, C], to a shard's list per stored tensor, and the
 # batch's facts to the shard's metadata.
 EncodeBatch = Callable[[list[str], dict[str, list[torch.Tensor]], dict], None]

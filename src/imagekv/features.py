@@ -34,6 +34,8 @@ from imagekv.plan import STORE_FORMAT
 SHARD_DIR = "shards"  # beside the manifest
 MANIFEST = "manifest.json"
 PROJECTION_LAYER = -1  # layer label of the projector output: the LM's input, before layer 0
+TOWER_LAYER = -2  # layer label of the MLM's own vision tower output: the projector's input
+SINGLE_LAYER_LABELS = {"projection": PROJECTION_LAYER, "tower": TOWER_LAYER}
 METADATA_KEY = "imagekv"  # the shard's one metadata entry: safetensors writes several in random order
 RECORD_SUFFIX = ".json"  # shards/NNNNN.safetensors.json: the shard's record, written just after it
 SHARD_NAME = re.compile(r"\d{5}\.safetensors")
@@ -170,7 +172,7 @@ class FeatureStore:
         return TokenGrid(*self._image_entry(image_id)["grid"])
 
     def features(self, image_id: str, representation: str) -> torch.Tensor:
-        """float32 [L, rows, cols, C]; L = len(layers) for values/keys, 1 for projection."""
+        """float32 [L, rows, cols, C]; L = len(layers) for values/keys, 1 for projection and tower."""
         if representation not in self.meta["representations"]:
             raise KeyError(f"{self.manifest_path} stores {self.meta['representations']}, not {representation!r}")
         entry = self._image_entry(image_id)
@@ -290,7 +292,8 @@ class FeatureView:
     def __init__(self, store: FeatureStore, representation: str):
         self.store = store
         self.representation = representation
-        self.layers = (PROJECTION_LAYER,) if representation == "projection" else store.layers
+        label = SINGLE_LAYER_LABELS.get(representation)
+        self.layers = store.layers if label is None else (label,)
         self.image_ids = store.image_ids
 
     def features(self, image_id: str) -> torch.Tensor:

@@ -13,6 +13,8 @@ from imagekv.prefixes import is_template
 
 # Representations an MLM's feature store holds; references and calibration backbones store only values.
 MLM_REPRESENTATIONS = ("values", "keys", "projection")
+# The MLM's own vision tower output (the projector's input), stored too when the config probes it.
+TOWER = "tower"
 # Layout of the feature stores extraction writes (see imagekv.features). Part of every extraction
 # spec, so a new layout reruns extraction and misses Snakemake's between-workflow cache.
 STORE_FORMAT = 4
@@ -144,7 +146,7 @@ def extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> d
         "dataset_cfg": loader_cfg(config, dataset),
         "prefix_name": prefix,
         "prefix": config["prefixes"][prefix],
-        "store": list(MLM_REPRESENTATIONS if entry.kind == "mlm" else ("values",)),
+        "store": mlm_store(config, backbone, dataset, prefix) if entry.kind == "mlm" else ["values"],
         "store_format": STORE_FORMAT,
         "device": config["device"],
         "dtype": config["dtype"],
@@ -154,6 +156,32 @@ def extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> d
 
 def item_extraction_spec(config: dict, backbone: str, dataset: str, prefix: str) -> dict:
     return extraction_spec(config, backbone, dataset, prefix) | {"per_item": True}
+
+
+def mlm_store(config: dict, model: str, dataset: str, prefix: str) -> list[str]:
+    """What an MLM's extraction stores: values, keys and projection, and its tower only where a probe
+    reads it, a probed dataset without prefix (the tower sees no text; Qwen2.5-VL's 5,120-d tower
+    costs about a third of the bytes of its 28 layers of values)."""
+    probed = {section["dataset"] for section in tasks(config).values()}
+    probed_tower = TOWER in config["probing"]["representations"] and prefix == "none" and dataset in probed
+    if probed_tower and config["models"][model].get("view") == "crops":
+        raise ValueError(f"probing.representations holds {TOWER}, but models.{model}.view is crops: "
+                         f"the tower maps token for token onto the base view only")
+    return [*MLM_REPRESENTATIONS, *([TOWER] if probed_tower else [])]
+
+
+def reference_pairing(config: dict) -> dict[str, dict]:
+    """Each MLM's own reference encoders (`pairing:`, issue 17.3): model -> {"references": names in
+    `references:`, "note": what footers say about it}. Empty when the config pairs nothing. Raises
+    naming the key that refers to a model or reference the config does not define."""
+    pairing = config.get("pairing", {})
+    for model, section in pairing.items():
+        if model not in config["models"]:
+            raise KeyError(f"pairing.{model}: {model!r} is not a model of models:")
+        unknown = sorted(set(section["references"]) - set(config.get("references", {})))
+        if unknown:
+            raise KeyError(f"pairing.{model}.references names {unknown}, which references: does not define")
+    return {model: {"references": list(s["references"]), "note": s.get("note", "")} for model, s in pairing.items()}
 
 
 def probe_spec(config: dict, backbone: str, dataset: str, prefix: str, representation: str) -> dict:

@@ -3,7 +3,7 @@
 
 from imagekv.tables.paper_comparison import result_tables
 
-FIGURE_CODE = ["src/imagekv/figures/style.py"]
+FIGURE_CODE = ["src/imagekv/figures/style.py", "src/imagekv/pairing.py"]
 TABLE_CODE = FIGURE_CODE + ["src/imagekv/tables/__init__.py"]
 
 
@@ -24,8 +24,10 @@ rule figure_layerwise_probes:
         "../../envs/plots.yaml"
     params:
         scale=config["scale"],
+        pairing=as_json(plan.reference_pairing(config)),
     shell:
         "python -m imagekv figure layerwise_probes --input {input.results:q}"
+        " --option pairing={params.pairing:q}"
         " --run {wildcards.run} --scale {params.scale} --output {output.pdf:q} {output.png:q}"
         " > {log:q} 2>&1"
 
@@ -51,8 +53,10 @@ rule figure_task_curves:
         "../../envs/plots.yaml"
     params:
         scale=config["scale"],
+        pairing=as_json(plan.reference_pairing(config)),
     shell:
         "python -m imagekv figure task_curves --input {input.results:q} --option task={wildcards.task}"
+        " --option pairing={params.pairing:q}"
         " --run {wildcards.run} --scale {params.scale} --output {output.pdf:q} {output.png:q}"
         " > {log:q} 2>&1"
 
@@ -100,9 +104,11 @@ rule table_best_layers:
         "../../envs/plots.yaml"
     params:
         scale=config["scale"],
+        pairing=as_json(plan.reference_pairing(config)),
         stem="paper_tables/{run}/best_layers",
     shell:
         "python -m imagekv table best_layers --input {input.results:q}"
+        " --option pairing={params.pairing:q}"
         " --run {wildcards.run} --scale {params.scale} --output {params.stem:q}"
         " > {log:q} 2>&1"
 
@@ -127,9 +133,11 @@ rule table_paper_comparison:
         "../../envs/plots.yaml"
     params:
         scale=config["scale"],
+        pairing=as_json(plan.reference_pairing(config)),
         stem="paper_tables/{run}/paper_comparison",
     shell:
         "python -m imagekv table paper_comparison --input {input.reported:q}"
+        " --option pairing={params.pairing:q}"
         " --run {wildcards.run} --scale {params.scale} --output {params.stem:q}"
         " > {log:q} 2>&1"
 

@@ -1,7 +1,9 @@
 """R-F2: the headline metric of each probe per LM layer, on a shared normalised-depth axis.
 
-One panel per task, one line per MLM (image values), the MLM's projector output as a dashed line in
-its colour, and SigLIP and the calibration backbones (oracle, noise) as grey reference lines.
+One panel per task, one line per MLM (image values); in its colour, the MLM's projector output
+(dashed), its own fine-tuned vision tower (dotted) and its own reference encoders before MLM
+training (dash-dot; SigLIP for LLaVA-OneVision, CLIP for LLaVA-NeXT, none for Qwen2.5-VL, whose
+footer note says why: imagekv.pairing); the calibration backbones (oracle, noise) as grey lines.
 `draw_curves` is the panel shared with the per-task appendix figures (imagekv.figures.task_curves).
 """
 
@@ -13,8 +15,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from imagekv import pairing as pairs
 from imagekv.figures.style import (
-    METRIC_LABELS, MODEL_COLORS, MODEL_LABELS, REFERENCE_STYLE, Provenance, apply_style, panels, save, stamp,
+    METRIC_LABELS, MODEL_COLORS, MODEL_LABELS, OWN_REFERENCE_LINE, PROJECTION_LINE, REFERENCE_STYLE, TOWER_LINE,
+    Provenance, apply_style, panels, save, stamp,
 )
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES, headline_rows
 from imagekv.results import read_results
@@ -25,10 +29,12 @@ X_AXES = {"depth": "normalised LM depth", "layer": "LM layer"}
 
 def plot(
     results: str | Path, outputs: Sequence[str | Path], run: str, scale: str,
-    tasks: Sequence[str] | None = None, x_axis: str = "depth",
+    tasks: Sequence[str] | None = None, x_axis: str = "depth", pairing: str | dict | None = None,
 ) -> None:
     """One panel per task of `tasks` (default: every task in the results, in paper order; a string
-    is a comma-separated list, as `--option tasks=coseg,fewshot_seg` passes it)."""
+    is a comma-separated list, as `--option tasks=coseg,fewshot_seg` passes it). `pairing`: each
+    MLM's own references (imagekv.pairing)."""
+    pairing = pairs.parse(pairing)
     if isinstance(tasks, str):
         tasks = tasks.split(",")
     frame = headline_rows(read_results(results))
@@ -40,28 +46,39 @@ def plot(
     apply_style()
     fig, axes = panels(len(chosen))
     for ax, task in zip(axes, chosen):
-        draw_curves(ax, frame[frame["task"] == task], x_axis)
+        draw_curves(ax, frame[frame["task"] == task], x_axis, pairing)
         ax.set_title(TASK_TITLES[task])
         ax.set_ylabel(METRIC_LABELS.get(HEADLINE_METRICS[task], HEADLINE_METRICS[task]))
     figure_legend(fig, axes)
-    stamp(fig, Provenance.from_results(frame[frame["task"].isin(chosen)], run, scale))
+    stamp(fig, Provenance.from_results(frame[frame["task"].isin(chosen)], run, scale, pairing=pairing))
     save(fig, outputs)
 
 
-def draw_curves(ax: plt.Axes, rows: pd.DataFrame, x_axis: str = "depth") -> None:
-    """Per-layer lines of one metric: MLM values (solid), each MLM's projection (dashed, its colour),
-    and the reference backbones (grey/black horizontal lines)."""
+def draw_curves(ax: plt.Axes, rows: pd.DataFrame, x_axis: str = "depth", pairing: dict | None = None) -> None:
+    """Per-layer lines of one metric: MLM values (solid); in each MLM's colour its projection, its own
+    tower and, with a `pairing`, its own references; the other references in grey/black."""
     if x_axis not in X_AXES:
         raise ValueError(f"unknown x axis {x_axis!r}; expected one of {sorted(X_AXES)}")
+    paired = set()
     for model, color in MODEL_COLORS.items():
         curve = rows[(rows["model"] == model) & (rows["representation"] == "values")].sort_values("layer")
         if curve.empty:
             continue
         x = curve["layer"] / max(curve["layer"].max(), 1) if x_axis == "depth" else curve["layer"]
         ax.plot(x, curve["value"], color=color, marker="o", markersize=2.5, label=MODEL_LABELS[model])
-        for value in rows[(rows["model"] == model) & (rows["representation"] == "projection")]["value"]:
-            ax.axhline(value, color=color, linestyle="--", linewidth=0.9, label=f"{MODEL_LABELS[model]} projection")
+        for representation, style in (("projection", PROJECTION_LINE), (pairs.TOWER, TOWER_LINE)):
+            for value in rows[(rows["model"] == model) & (rows["representation"] == representation)]["value"]:
+                ax.axhline(value, color=color, linestyle=style, linewidth=0.9,
+                           label=f"{MODEL_LABELS[model]} {representation}")
+        if pairing and model in pairing:
+            for reference in pairing[model]["references"]:
+                paired.add(reference)
+                for value in rows[rows["representation"] == reference]["value"]:
+                    ax.axhline(value, color=color, linestyle=OWN_REFERENCE_LINE, linewidth=0.9,
+                               label=f"{MODEL_LABELS.get(reference, reference)} (encoder of {MODEL_LABELS[model]})")
     for reference, (color, style) in REFERENCE_STYLE.items():
+        if reference in paired:
+            continue
         for value in rows[rows["representation"] == reference]["value"]:
             ax.axhline(value, color=color, linestyle=style, linewidth=0.9, label=MODEL_LABELS[reference])
     ax.set_xlabel(X_AXES[x_axis])
@@ -73,7 +90,7 @@ def draw_curves(ax: plt.Axes, rows: pd.DataFrame, x_axis: str = "depth") -> None
 
 def figure_legend(fig: plt.Figure, axes: Sequence[plt.Axes]) -> None:
     """One legend above the panels with every line any panel drew, each label once, in columns of
-    three: the MLMs' values, their projections, then the references."""
+    three: the MLMs' values, their projections and towers, then the references."""
     entries = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -81,7 +98,7 @@ def figure_legend(fig: plt.Figure, axes: Sequence[plt.Axes]) -> None:
     mlms = [MODEL_LABELS[m] for m in MODEL_COLORS]
 
     def group(label: str) -> int:
-        return 0 if label in mlms else 1 if label.endswith(" projection") else 2
+        return 0 if label in mlms else 1 if label.endswith((" projection", f" {pairs.TOWER}")) else 2
 
     labels = sorted(entries, key=group)  # stable: keeps the drawing order within a group
     fig.legend(

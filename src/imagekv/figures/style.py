@@ -17,17 +17,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from imagekv.io import atomic_path  # noqa: E402
+from imagekv.pairing import notes as pairing_notes  # noqa: E402
 
 MODEL_LABELS = {
     "llava_onevision": "LLaVA-OneVision",
     "qwen2_5_vl": "Qwen2.5-VL",
     "llava_next": "Llama-3-LLaVA-NeXT",
     "siglip": "SigLIP",
+    "clip": "CLIP ViT-L/14-336",
     "oracle": "oracle",
     "noise": "noise",
 }
 MODEL_COLORS = dict(zip(("llava_onevision", "qwen2_5_vl", "llava_next"), sns.color_palette("colorblind", 3)))
-REFERENCE_STYLE = {"siglip": ("black", ":"), "oracle": ("0.6", "-"), "noise": ("0.6", "--")}
+REFERENCE_STYLE = {"siglip": ("black", ":"), "clip": ("black", "-."), "oracle": ("0.6", "-"), "noise": ("0.6", "--")}
+# Lines in an MLM's colour: its projector output, its own vision tower, its own reference encoders.
+PROJECTION_LINE, TOWER_LINE, OWN_REFERENCE_LINE = "--", ":", "-."
 SMOKE_MARK = "smoke scale: random-weight models"
 METRIC_LABELS = {"miou": "mIoU", "fbiou": "FB-IoU", "jaccard": "Jaccard", "precision": "precision",
                  "pck@0.1": "PCK@0.1", "j&f": "J&F", "j": "J", "f": "F", "pointing": "pointing acc."}
@@ -46,10 +50,14 @@ class Provenance:
     prefix: str
     samples: str
     layers: str = ""
+    notes: tuple[str, ...] = ()  # e.g. the reference pairing's (imagekv.pairing)
 
     @classmethod
-    def from_results(cls, frame, run: str, scale: str, prefix: str = "none") -> "Provenance":
-        """Models, grids, depths and sample sizes as they appear in a tidy result frame."""
+    def from_results(
+        cls, frame, run: str, scale: str, prefix: str = "none", pairing: dict | None = None
+    ) -> "Provenance":
+        """Models, grids, depths and sample sizes as they appear in a tidy result frame; with a
+        reference `pairing` (imagekv.pairing), the notes of its models."""
         mlm = frame[frame["representation"] == "values"]
         depths = mlm.groupby("model")["layer"].max() + 1
         return cls(
@@ -60,6 +68,7 @@ class Provenance:
             prefix=prefix,
             samples=", ".join(f"{t}={n}" for t, n in frame.groupby("task")["n"].max().items()),
             layers=", ".join(f"{MODEL_LABELS.get(m, m)} {d}" for m, d in depths.items()),
+            notes=pairing_notes(pairing, frame["model"]),
         )
 
     def footer(self) -> str:
@@ -70,6 +79,7 @@ class Provenance:
             f"grid: {self.grid}",
             f"prefix: {self.prefix}",
             f"n: {self.samples}",
+            *self.notes,
         ]
         return " | ".join(p for p in parts if p)
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from imagekv import pairing as pairs
 from imagekv.figures.layerwise import draw_curves, figure_legend
 from imagekv.figures.style import METRIC_LABELS, Provenance, apply_style, panels, save, stamp
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_TITLES
 from imagekv.results import read_results
 
 
-def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: str, task: str) -> None:
+def plot(
+    results: str | Path, outputs: Sequence[str | Path], run: str, scale: str, task: str,
+    pairing: str | dict | None = None,
+) -> None:
+    pairing = pairs.parse(pairing)
     frame = read_results(results)
     rows = frame[(frame["task"] == task) & (frame["prefix"] == "none")]
     if rows.empty:
@@ -26,11 +31,11 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
     # At least the width of a three-panel row, so the shared legend fits above one or two panels.
     fig, axes = panels(len(metrics), panel_size=(max(2.5, 7.5 / len(metrics)), 2.1))
     for ax, metric in zip(axes, metrics):
-        draw_curves(ax, rows[rows["metric"] == metric], x_axis="layer")
+        draw_curves(ax, rows[rows["metric"] == metric], x_axis="layer", pairing=pairing)
         ax.set_title(f"{TASK_TITLES[task]}: {METRIC_LABELS.get(metric, metric)}")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     figure_legend(fig, axes)
-    stamp(fig, Provenance.from_results(rows, run, scale))
+    stamp(fig, Provenance.from_results(rows, run, scale, pairing=pairing))
     save(fig, outputs)
 
 

@@ -22,13 +22,15 @@ from imagekv.grid import TokenGrid
 @dataclass
 class BackboneOutput:
     """Features of one image. Shapes: values/keys [layers, rows, cols, kv_heads*head_dim];
-    projection [rows, cols, hidden]. `layers` lists the LM layer index of each leading entry."""
+    projection [rows, cols, hidden]; tower [rows, cols, C], the MLM's own vision tower output that
+    its projector receives. `layers` lists the LM layer index of each leading entry."""
 
     values: torch.Tensor
     keys: torch.Tensor | None
     projection: torch.Tensor | None
     grid: TokenGrid
     layers: tuple[int, ...]
+    tower: torch.Tensor | None = None
 
 
 class Backbone(ABC):

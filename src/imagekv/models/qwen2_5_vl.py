@@ -1,6 +1,8 @@
 """Qwen2.5-VL 7B (`Qwen/Qwen2.5-VL-7B-Instruct`): its own ViT with 14 px patches merged 2x2, so one
 LM token per 28 px cell, in raster order over the merged grid; M-RoPE positions from
-`mm_token_type_ids`. LM with 4 KV heads of 128 (512-d image values).
+`mm_token_type_ids`. LM with 4 KV heads of 128 (512-d image values). Its projector (the patch
+merger) reads the last ViT block's output; the tower representation is that output with the 2x2
+patches of each LM token side by side, as the merger joins them (4 x 1280 = 5120-d).
 
 Config keys: `resolution: fixed` (default) squashes every image to `fixed_grid` x `fixed_grid` cells
 before the processor, so every image gives the same grid (SPEC 3.3: 27 -> 756 px, like the LLaVA
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.vision_utils import get_vision_window_index
 
 from imagekv.grid import TokenGrid
 from imagekv.models.registry import register
@@ -54,6 +57,22 @@ class Qwen2_5_VL(VlmBackbone):
             return image
         side = self.fixed_grid * self.cell
         return image.resize((side, side), Image.Resampling.BICUBIC)
+
+    @property
+    def projector(self) -> torch.nn.Module:
+        return self.model.model.visual.merger
+
+    def tower_tokens(self, projector_input: torch.Tensor, inputs: dict, token_index: torch.Tensor) -> torch.Tensor:
+        """The merger receives [patches, C] in the ViT's window order, each merge unit's 2x2 patches
+        in a row; the ViT puts its output back in raster order with the same window index."""
+        visual = self.model.model.visual
+        window_index, _ = get_vision_window_index(
+            inputs["image_grid_thw"], spatial_merge_size=self.merge, window_size=visual.window_size,
+            patch_size=visual.patch_size,
+        )
+        units = projector_input.reshape(len(window_index), -1)  # one row per LM token, window order
+        raster = units[torch.argsort(window_index).to(units.device)]
+        return raster[token_index.to(raster.device)]
 
     def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
         _, patch_rows, patch_cols = inputs["image_grid_thw"][0].tolist()

@@ -18,6 +18,7 @@ BACKBONE_MODULES = (
     "imagekv.models.qwen2_5_vl",
     "imagekv.models.llava_next",
     "imagekv.models.siglip",
+    "imagekv.models.clip",
     "imagekv.models.calibration",
 )
 

@@ -7,7 +7,9 @@ there; likewise the forward itself stops once the deepest layer read has written
 cache holds, per LM layer, keys after RoPE and values of shape
 [batch, kv_heads, seq, head_dim]; at the image positions that the adapter puts on a raster grid, the
 KV heads are concatenated per token into [layers, rows, cols, kv_heads*head_dim]. The projection is
-the LM's input embedding at the same positions (what `hidden_states[0]` holds, SPEC 2.3a).
+the LM's input embedding at the same positions (what `hidden_states[0]` holds, SPEC 2.3a). The tower
+is the input of the model's own projector, captured in the same forward: its fine-tuned vision
+tower's output at the layer the projector reads, on the same grid (issue 17.3).
 """
 
 from __future__ import annotations
@@ -82,6 +84,17 @@ class VlmBackbone(Backbone):
         """The prepared images of one multi-image question (BLINK), as handed to the processor."""
         return list(images)
 
+    @property
+    @abstractmethod
+    def projector(self) -> torch.nn.Module:
+        """The module mapping the vision tower's output to the LM's input width."""
+
+    @abstractmethod
+    def tower_tokens(self, projector_input: torch.Tensor, inputs: dict, token_index: torch.Tensor) -> torch.Tensor | None:
+        """[len(token_index), C]: the projector's input (as its forward receives it, for one image)
+        belonging to the grid tokens `token_index`, in their order; None where the view has no
+        one-to-one counterpart."""
+
     @abstractmethod
     def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
         """Which of the image's tokens (indices into its run of image tokens) form the probed grid,
@@ -112,7 +125,8 @@ class VlmBackbone(Backbone):
         self, image: Image.Image, prompt: str, layers: tuple[int, ...], pre_rope: dict, lm_input: dict
     ) -> tuple[BackboneOutput, torch.Tensor]:
         """One forward on `prompt` (an image prompt, maybe followed by text); `pre_rope` and
-        `lm_input` are what the hooks capture during it. Also the last token's value per layer."""
+        `lm_input` (LM input, projector input) are what the hooks capture during it. Also the last
+        token's value per layer."""
         inputs = self._inputs(image, prompt)
         cache = self._fill_cache(inputs, max(layers)).layers
         image_positions = torch.nonzero(inputs["input_ids"][0] == self.image_token_id).squeeze(1)
@@ -125,6 +139,7 @@ class VlmBackbone(Backbone):
         values = heads_per_token([cache[layer].values[0] for layer in layers], positions)
         last_token = torch.tensor([inputs["input_ids"].shape[1] - 1])
         last = heads_per_token([cache[layer].values[0] for layer in layers], last_token)
+        tower = self.tower_tokens(lm_input["projector_input"], inputs, token_index)
         shape = (grid.rows, grid.cols, -1)
         output = BackboneOutput(
             values=values.reshape(len(layers), *shape).cpu(),
@@ -132,6 +147,7 @@ class VlmBackbone(Backbone):
             projection=lm_input["inputs_embeds"][0, positions].reshape(*shape).cpu(),
             grid=grid,
             layers=layers,
+            tower=None if tower is None else tower.reshape(*shape).cpu(),
         )
         return output, last[:, 0].cpu()
 
@@ -146,18 +162,26 @@ class VlmBackbone(Backbone):
 
     @contextmanager
     def _lm_input(self):
-        """Collect the embeddings the LM receives (image features merged in): the projection. A hook
-        rather than output_hidden_states, which would keep every layer's hidden states."""
+        """Collect the embeddings the LM receives (image features merged in): the projection; and
+        what the projector receives: the tower. Hooks rather than output_hidden_states, which would
+        keep every layer's hidden states."""
         captured: dict[str, torch.Tensor] = {}
 
         def keep(module, args, kwargs):
             captured["inputs_embeds"] = kwargs["inputs_embeds"]
 
-        handle = self.model.get_decoder().register_forward_pre_hook(keep, with_kwargs=True)
+        def keep_projector_input(module, args):
+            captured["projector_input"] = args[0]
+
+        handles = [
+            self.model.get_decoder().register_forward_pre_hook(keep, with_kwargs=True),
+            self.projector.register_forward_pre_hook(keep_projector_input),
+        ]
         try:
             yield captured
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     @contextmanager
     def _pre_rope_keys(self, layers: Sequence[int]):
@@ -214,6 +238,18 @@ class AnyresBackbone(VlmBackbone):
         self.view = cfg.get("view", "base")
         if self.view not in self.VIEWS:
             raise ValueError(f"{self.name} config key 'view' must be one of {self.VIEWS}, got {self.view!r}")
+
+    @property
+    def projector(self) -> torch.nn.Module:
+        return self.model.model.multi_modal_projector
+
+    def tower_tokens(self, projector_input: torch.Tensor, inputs: dict, token_index: torch.Tensor) -> torch.Tensor | None:
+        """The projector receives [crops, tokens, C], the tower's selected layer (CLS dropped with
+        strategy "default"), the base view first. Only the base view maps token for token onto the
+        grid (the crops map is unpadded and joined after the projector)."""
+        if self.view != "base":
+            return None
+        return projector_input[0, token_index.to(projector_input.device)]
 
     def grid_tokens(self, inputs: dict, image: Image.Image, num_image_tokens: int) -> tuple[torch.Tensor, TokenGrid]:
         base = self.side * self.side

@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from imagekv.figures.style import Provenance
+from imagekv.pairing import parse as parse_pairing
 from imagekv.results import COLUMNS, read_results
 from imagekv.tables import write_table
 
@@ -107,9 +108,12 @@ def _status(entry: dict, ours: float) -> str:
     return "compared" if entry["reported"] is not None else "not reported by the paper"
 
 
-def write(reported: str | Path, stem: str | Path, run: str, scale: str) -> None:
+def write(
+    reported: str | Path, stem: str | Path, run: str, scale: str, pairing: str | dict | None = None
+) -> None:
+    """`pairing` (imagekv.pairing): the footer says which MLM has no public encoder of its own."""
     entries = load_reported(reported)
     paths = result_tables(reported, run)
     tables = {table_name(path, run): read_results(path) for path in paths}
-    provenance = Provenance.from_results(tables[PROBES_TABLE], run, scale)
+    provenance = Provenance.from_results(tables[PROBES_TABLE], run, scale, pairing=parse_pairing(pairing))
     write_table(compare(entries, tables), stem, CAPTION, provenance)
