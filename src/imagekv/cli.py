@@ -185,6 +185,16 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
+def _spec(value: str) -> str:
+    """`--spec JSON` or `--spec @FILE` (what the workflow's rules pass: imagekv.jobspec)."""
+    from imagekv.jobspec import read_spec
+
+    try:
+        return read_spec(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagekv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -193,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name)
         sub.set_defaults(handler=handler)
         if spec:
-            sub.add_argument("--spec", required=True, help="the job spec as JSON")
+            sub.add_argument("--spec", required=True, type=_spec, help="the job spec as JSON, or @FILE holding it")
         if threads:
             sub.add_argument("--threads", type=int, default=1)
         return sub
@@ -207,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-dataset", check_dataset).add_argument("--output", required=True, help="the check's record (JSON)")
     sub = command("preflight", preflight, spec=False, threads=True)
     sub.add_argument("--configfile", help="the run's config file (e.g. config/paper.yaml)")
-    sub.add_argument("--spec", help="the run's config as JSON (what the workflow rule passes)")
+    sub.add_argument("--spec", type=_spec, help="the run's config as JSON or @FILE (what the workflow rule passes)")
     sub.add_argument("--local-files", help="offline: DIR/<model name>/ holds each checkpoint's non-weight files")
     sub.add_argument("--output", help="the report (JSON)")
     sub = command("extract", extract, threads=True)

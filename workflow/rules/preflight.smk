@@ -14,6 +14,6 @@ rule preflight:
     conda:
         "../../envs/models.yaml"
     params:
-        spec=as_json(plan.preflight_spec(config)),
+        spec=lambda wc: as_json(plan.preflight_spec(config)),
     shell:
         "python -m imagekv preflight --spec {params.spec:q} --output {output:q} > {log:q} 2>&1"
