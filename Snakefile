@@ -9,6 +9,14 @@
 # The smoke config only when no --configfile is given: Snakemake deep-merges config files, and a
 # paper run must not inherit smoke values for keys it leaves out.
 if not config:
+    # Read strictly first (UTF-8, no duplicate keys), so a bad file fails naming itself. (A file given
+    # with --configfile is read by Snakemake before this file runs: `python -m imagekv check-config`.)
+    import sys
+
+    sys.path.insert(0, f"{workflow.basedir}/src")
+    from imagekv.config import check_config_file
+
+    check_config_file("config/config.yaml")
 
     configfile: "config/config.yaml"
 

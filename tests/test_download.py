@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from imagekv.datasets import load_dataset
+from imagekv.datasets.blink import PUBLISHED_SUBTASKS
 from imagekv.datasets.download import (
     COMPLETE_MARKER,
     ChecksumError,
@@ -373,14 +374,11 @@ def test_complete_target_is_left_alone_and_a_foreign_folder_refused(tmp_path, se
 # --- BLINK through the hub client ---------------------------------------------------------------
 
 
-def test_blink_is_pinned_to_a_commit_and_loads(tmp_path, monkeypatch, retry):
-    hub = SOURCES["blink"].hub
-    assert re.fullmatch(r"[0-9a-f]{40}", hub.revision), "a branch name would let the data drift"
-    twin = tmp_path / "twin"
-    write_synthetic("blink", twin, SMOKE["blink"], seed=5)
+def fake_hub(monkeypatch, twin: Path) -> list[dict]:
+    """Stands in for the hub client: copies the twin's files that match the allow patterns."""
     calls = []
 
-    def fake_snapshot_download(**kwargs):  # stands in for the hub: copies the twin's matching files
+    def fake_snapshot_download(**kwargs):
         calls.append(kwargs)
         for path in twin.rglob("*.parquet"):
             relative = path.relative_to(twin)
@@ -390,13 +388,47 @@ def test_blink_is_pinned_to_a_commit_and_loads(tmp_path, monkeypatch, retry):
         return str(kwargs["local_dir"])
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    return calls
+
+
+def test_blink_is_pinned_to_a_commit_and_loads(tmp_path, monkeypatch, retry):
+    hub = SOURCES["blink"].hub
+    assert re.fullmatch(r"[0-9a-f]{40}", hub.revision), "a branch name would let the data drift"
+    twin = tmp_path / "twin"
+    write_synthetic("blink", twin, SMOKE["blink"], seed=5)
+    calls = fake_hub(monkeypatch, twin)
     target = tmp_path / "real" / "blink"
-    fetch_dataset("blink", target, lock_path=tmp_path / "lock.json", retry=retry)
+    # our twin's parquet files are not the published ones: without the published sha256 they are pinned
+    source = dataclasses.replace(SOURCES["blink"], hub=dataclasses.replace(hub, sha256=()))
+    fetch_dataset("blink", target, {"blink": source}, lock_path=tmp_path / "lock.json", retry=retry)
     assert [(c["repo_id"], c["revision"], c["repo_type"]) for c in calls] == [
         ("BLINK-Benchmark/BLINK", hub.revision, "dataset")
     ]
     assert loaded("blink", target) == loaded("blink", twin)
     assert all(key.startswith("blink/") and key.endswith(".parquet") for key in read_lock(tmp_path / "lock.json"))
+
+
+def test_blink_files_are_checked_against_the_hubs_published_sha256(tmp_path, monkeypatch, retry):
+    hub = SOURCES["blink"].hub
+    assert {path for path, _ in hub.sha256} == {f"{subtask}/val-00000-of-00001.parquet" for subtask in PUBLISHED_SUBTASKS}
+    twin = tmp_path / "twin"
+    write_synthetic("blink", twin, SMOKE["blink"], seed=5)
+    fake_hub(monkeypatch, twin)
+    target = tmp_path / "real" / "blink"
+    with pytest.raises(ChecksumError, match=r"val-00000-of-00001.parquet: sha256 [0-9a-f]{64} does not match the published"):
+        fetch_dataset("blink", target, lock_path=tmp_path / "lock.json", retry=retry)
+    assert_nothing_installed(target)
+    assert not (tmp_path / "lock.json").exists() or not read_lock(tmp_path / "lock.json")
+
+
+def test_every_source_url_is_https_unless_the_publisher_serves_none():
+    plain = [url for source in SOURCES.values() for archive in source.archives for url in archive.urls if url.startswith("http:")]
+    # COCO's own https name serves a certificate for another host: its bucket's https address comes first
+    assert all(url.startswith("http://images.cocodataset.org/") for url in plain)
+    for source in SOURCES.values():
+        assert source.homepage.startswith("https://"), source.name
+        for archive in source.archives:
+            assert not archive.urls or archive.urls[0].startswith("https://"), archive.name
 
 
 def test_blink_offline_gives_a_clear_error(tmp_path, monkeypatch, retry):
@@ -533,13 +565,13 @@ def test_verify_lock_refuses_an_unpinned_download_before_fetching(tmp_path, serv
 
 def test_the_download_command_takes_verify_lock(tmp_path):
     """Through the real entry point, with the real catalogue and an empty lock: refused, no request."""
-    spec = json.dumps({"dataset": "davis", "user_files": {}})
+    spec = json.dumps({"dataset": "spair", "user_files": {}})  # SPair-71k has no published checksum
     result = subprocess.run(
-        [sys.executable, "-m", "imagekv", "download", "--spec", spec, "--output", "data/real/davis", "--verify-lock"],
+        [sys.executable, "-m", "imagekv", "download", "--spec", spec, "--output", "data/real/spair", "--verify-lock"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert result.returncode != 0
-    expected = "davis/DAVIS-2017-trainval-480p.zip: no published checksum and no pin in config/datasets.lock.json"
+    expected = "spair/SPair-71k.tar.gz: no published checksum and no pin in config/datasets.lock.json"
     assert expected in result.stderr
-    assert not (tmp_path / "data" / "real" / "davis").exists()
+    assert not (tmp_path / "data" / "real" / "spair").exists()

@@ -64,9 +64,7 @@ def check_dataset(args: argparse.Namespace) -> None:
 
 def preflight(args: argparse.Namespace) -> None:
     """Check every prompt of a run on CPU before any GPU job (imagekv.preflight); exit 1 naming each problem."""
-    import yaml
-
-    from imagekv.config import validate_config
+    from imagekv.config import check_config_file, validate_config
     from imagekv.io import write_json
     from imagekv.preflight import PreflightError, preflight as check, summary_lines
 
@@ -75,7 +73,7 @@ def preflight(args: argparse.Namespace) -> None:
     if args.spec:
         config = json.loads(args.spec)  # plan.preflight_spec of a validated config
     else:
-        config = yaml.safe_load(Path(args.configfile).read_text(encoding="utf-8"))
+        config = check_config_file(args.configfile)
         validate_config(config)
     _limit_threads(args.threads)
     try:
@@ -85,6 +83,17 @@ def preflight(args: argparse.Namespace) -> None:
     print("\n".join(summary_lines(report)), flush=True)
     if args.output:
         write_json(Path(args.output), report)
+
+
+def check_config(args: argparse.Namespace) -> None:
+    """Read config files as Snakemake merges them (`--configfile A B`: B's keys over A's), strictly
+    (UTF-8, no duplicate keys), and validate the result: Snakemake reads a --configfile itself, before
+    the workflow starts, and its error for a file that is not UTF-8 names no file."""
+    from imagekv.config import check_config_file, merge_configs, validate_config
+
+    config = merge_configs([check_config_file(path) for path in args.files])
+    validate_config(config)
+    print(f"{' + '.join(args.files)}: a valid config")
 
 
 def extract(args: argparse.Namespace) -> None:
@@ -198,6 +207,16 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
+def _spec(value: str) -> str:
+    """`--spec JSON` or `--spec @FILE` (what the workflow's rules pass: imagekv.jobspec)."""
+    from imagekv.jobspec import read_spec
+
+    try:
+        return read_spec(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagekv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -206,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name)
         sub.set_defaults(handler=handler)
         if spec:
-            sub.add_argument("--spec", required=True, help="the job spec as JSON")
+            sub.add_argument("--spec", required=True, type=_spec, help="the job spec as JSON, or @FILE holding it")
         if threads:
             sub.add_argument("--threads", type=int, default=1)
         return sub
@@ -220,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-dataset", check_dataset).add_argument("--output", required=True, help="the check's record (JSON)")
     sub = command("preflight", preflight, spec=False, threads=True)
     sub.add_argument("--configfile", help="the run's config file (e.g. config/paper.yaml)")
-    sub.add_argument("--spec", help="the run's config as JSON (what the workflow rule passes)")
+    sub.add_argument("--spec", type=_spec, help="the run's config as JSON or @FILE (what the workflow rule passes)")
     sub.add_argument("--local-files", help="offline: DIR/<model name>/ holds each checkpoint's non-weight files")
     sub.add_argument("--output", help="the report (JSON)")
+    sub = command("check-config", check_config, spec=False)
+    sub.add_argument("files", nargs="+", help="config files, in --configfile order")
     sub = command("extract", extract, threads=True)
     sub.add_argument("--output", required=True, help="the feature store's folder")
     sub = command("probe", probe, threads=True)

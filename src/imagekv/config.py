@@ -55,6 +55,19 @@ def check_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: {error}") from error
 
 
+def merge_configs(configs: list[dict]) -> dict:
+    """Later configs' keys over earlier ones', nested mappings merged key by key (as Snakemake
+    merges --configfile files)."""
+    merged: dict = {}
+    for config in configs:
+        for key, value in (config or {}).items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = merge_configs([merged[key], value])
+            else:
+                merged[key] = value
+    return merged
+
+
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle)

@@ -13,6 +13,7 @@ shell.prefix(
 
 from imagekv import plan
 from imagekv.config import canonical_json, check_config_file, validate_config
+from imagekv.jobspec import JobSpec
 
 # Snakemake's own reader keeps the last of duplicate keys.
 for path in workflow.configfiles:
@@ -37,8 +38,11 @@ wildcard_constraints:
 
 
 def as_json(spec):
-    """A job's spec as one canonical JSON string: Snakemake reruns the job when it changes."""
-    return canonical_json(spec)
+    """A job's spec as one canonical JSON string: Snakemake reruns the job when it changes. In a
+    shell command, `{params.spec:q}` becomes `@FILE` (a content-addressed copy), which `--spec` reads:
+    a long spec would exceed the 128 KiB limit on one argument (imagekv.jobspec). Give it as a
+    function (`spec=lambda wc: as_json(...)`): Snakemake copies a plain string param into a str."""
+    return JobSpec(canonical_json(spec))
 
 
 def dataset_input(wildcards):

@@ -47,10 +47,16 @@ class CocoPool:
         if not path.exists():
             return {}
         data = read_json(path)
-        stems = {image["id"]: Path(image["file_name"]).stem for image in data["images"]}
-        by_image: dict[str, list[dict]] = {}
-        for annotation in data["annotations"]:
-            by_image.setdefault(stems[annotation["image_id"]], []).append(annotation)
+        try:
+            stems = {image["id"]: Path(image["file_name"]).stem for image in data["images"]}
+            by_image: dict[str, list[dict]] = {}
+            for annotation in data["annotations"]:
+                if annotation["image_id"] not in stems:
+                    raise DatasetFileError(f"{path}: annotation {annotation.get('id')} is of image "
+                                           f"{annotation['image_id']}, which `images` does not list")
+                by_image.setdefault(stems[annotation["image_id"]], []).append(annotation)
+        except (KeyError, TypeError) as error:
+            raise DatasetFileError(f"{path} is not a COCO instances file: missing or bad {error!r}") from error
         return by_image
 
     def oracle_truth(self, image_id: str) -> OracleTruth:
@@ -58,5 +64,11 @@ class CocoPool:
         height, width = image_size(self.root / "val2017" / f"{image_id}.jpg")
         labels = np.zeros((height, width), dtype=np.int64)
         for annotation in sorted(self._annotations.get(image_id, []), key=lambda a: a["id"]):
-            labels[coco_mask(annotation["segmentation"], height, width) > 0] = annotation["category_id"]
+            try:
+                labels[coco_mask(annotation["segmentation"], height, width) > 0] = annotation["category_id"]
+            except (KeyError, TypeError, ValueError, IndexError) as error:
+                raise DatasetFileError(
+                    f"{self.root / 'annotations' / 'instances_val2017.json'}: annotation {annotation.get('id')} of "
+                    f"image {image_id} has no readable segmentation and category_id: {error!r}"
+                ) from error
         return OracleTruth(labels=labels, num_ids=COCO_CATEGORY_IDS)

@@ -462,7 +462,15 @@ def _install_all(
             raise
     if source.hub is not None:
         files = _fetch_hub(source.hub, staging, folder / "hub")
-        keys = {lock_key(source.name, path.relative_to(staging).as_posix()): path for path in files}
+        published = {path: source.hub.published_sha256(path.relative_to(staging).as_posix()) for path in files}
+        for path, expected in published.items():
+            if expected is not None and (actual := file_digest(path, "sha256")) != expected:
+                shutil.rmtree(folder / "hub", ignore_errors=True)  # never reused
+                raise ChecksumError(
+                    f"{path}: sha256 {actual} does not match the published {expected} "
+                    f"({source.hub.repo_id}@{source.hub.revision})"
+                )
+        keys = {lock_key(source.name, p.relative_to(staging).as_posix()): p for p, e in published.items() if e is None}
         if require_pin:
             _refuse_unpinned(sorted(keys), known, lock_path)
         for key, path in keys.items():

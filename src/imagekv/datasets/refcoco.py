@@ -39,6 +39,8 @@ def coco_mask(segmentation: list | dict, height: int, width: int) -> np.ndarray:
     """uint8 [H, W] mask of a COCO segmentation: polygons, uncompressed or compressed RLE."""
     if isinstance(segmentation, list):  # polygons: one RLE per polygon, merged
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif not isinstance(segmentation, dict):
+        raise TypeError(f"a segmentation is a list of polygons or an RLE dict, not a {type(segmentation).__name__}")
     elif isinstance(segmentation.get("counts"), list):
         rle = mask_utils.frPyObjects(segmentation, height, width)
     else:
