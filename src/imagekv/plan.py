@@ -265,6 +265,9 @@ def qualitative_inputs(config: dict) -> list[str]:
 
 # Interventions (SPEC E2, E4-E6): one job per MLM per stage, plus cheap collecting jobs.
 BASELINE_CONDITION = "none"  # no intervention: BLINK answers unblocked, value probes unmasked
+# Here, not beside the code that uses them, so that table jobs read them without importing torch.
+MASKING_CONDITIONS = (BASELINE_CONDITION, "flagged", "random")  # value probes' excluded tokens (E4.3)
+SUBTASK_SUMMARIES = ("overall", "subtask_mean")  # the rows of a BLINK accuracy table beside the subtasks
 
 
 def interventions(config: dict) -> dict | None:

@@ -18,7 +18,6 @@ from imagekv.images import load_rgb
 from imagekv.interventions.blocking import all_image_keys, random_control
 from imagekv.interventions.key_variance_run import flagged_layout_positions
 from imagekv.interventions.multiple_choice import (
-    SUBTASK_SUMMARIES,
     AnswerLayout,
     BlockRule,
     accuracy_table,
@@ -27,6 +26,7 @@ from imagekv.interventions.multiple_choice import (
     question_text,
 )
 from imagekv.io import read_json
+from imagekv.plan import SUBTASK_SUMMARIES
 from imagekv.results import read_table, stamp, write_table_rows
 
 log = logging.getLogger(__name__)

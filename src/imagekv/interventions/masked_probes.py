@@ -24,10 +24,10 @@ from imagekv.features import FeatureStore, LayerView
 from imagekv.interventions.blocking import random_control
 from imagekv.interventions.key_variance_run import flagged_layout_positions
 from imagekv.io import read_json
+from imagekv.plan import MASKING_CONDITIONS as CONDITIONS
 from imagekv.probes import run_probe
 from imagekv.results import COLUMNS, tidy_rows, write_table_rows
 
-CONDITIONS = ("none", "flagged", "random")
 SORT = ("model", "task", "layer", "condition", "metric")
 EXTRA_COLUMNS = ("condition", "excluded", "masking")  # beside the probe result columns
 

@@ -239,9 +239,6 @@ def answer_question(
     return QuestionResult(score_letters(logits, letter_ids), generated, letter)
 
 
-SUBTASK_SUMMARIES = ("overall", "subtask_mean")  # the rows of accuracy_table beside the subtasks
-
-
 def accuracy_table(subtasks: Sequence[str], correct: Sequence[bool]) -> dict:
     """Accuracy per subtask, over all questions (`overall`) and averaged over subtasks."""
     if len(subtasks) != len(correct) or not subtasks:

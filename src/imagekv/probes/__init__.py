@@ -15,14 +15,17 @@ reports each metric on the validation and the test split ("miou/split=test").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from imagekv.datasets.schema import Sample
-from imagekv.grid import TokenGrid
 from imagekv.probes.splits import DEFAULT_SEED, split_samples, unit_id
+
+if TYPE_CHECKING:  # annotations only: figure and table jobs import this package without torch
+    import torch
+
+    from imagekv.grid import TokenGrid
 
 
 class FeatureSource(Protocol):

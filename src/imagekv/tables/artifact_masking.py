@@ -11,8 +11,8 @@ import pandas as pd
 
 from imagekv.figures.prefix_probes import headline
 from imagekv.figures.style import MODEL_LABELS, Provenance
-from imagekv.interventions.masked_probes import CONDITIONS
 from imagekv.plan import BASELINE_CONDITION as BASELINE
+from imagekv.plan import MASKING_CONDITIONS as CONDITIONS
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER
 from imagekv.results import read_results
 from imagekv.tables import write_table

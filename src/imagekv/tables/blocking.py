@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from imagekv.figures.style import MODEL_LABELS, Provenance
-from imagekv.interventions.multiple_choice import SUBTASK_SUMMARIES
-from imagekv.plan import BASELINE_CONDITION
+from imagekv.plan import BASELINE_CONDITION, SUBTASK_SUMMARIES
 from imagekv.results import read_table
 from imagekv.tables import write_table
 
