@@ -21,7 +21,7 @@ from imagekv.datasets.schema import VOID, CosegSet, KeypointPair, SegEpisode, Te
 from imagekv.grid import TokenGrid
 from imagekv.probes import probe_defaults, resolve_params, run_probe
 from imagekv.probes import features as probe_features
-from imagekv.probes.features import layer_blocks, to_pixels, token_labels
+from imagekv.probes.features import layer_blocks, solve_blocks, to_pixels, token_labels
 from imagekv.probes.fewshot_seg import episode_counts, query_probabilities, support_tokens
 from imagekv.probes.kmeans import kmeans
 from imagekv.probes.logistic import fit_logistic
@@ -184,6 +184,22 @@ def test_layer_blocks_partition_the_layers_within_the_cache_budget(monkeypatch):
     assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(k, k + 2) for k in range(0, 28, 2)]
     monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cuda"))
     assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(0, 28)]  # no cache to fit on the GPU
+
+
+def test_solve_blocks_solves_each_block_once_and_restores_the_thread_count(monkeypatch):
+    monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cpu"))
+    threads = torch.get_num_threads()
+    solved = []
+    solve_blocks(lambda block: solved.append(block.start), [slice(k, k + 1) for k in range(5)])
+    assert sorted(solved) == list(range(5))
+    assert torch.get_num_threads() == threads
+
+    def fail(block):
+        raise ValueError(f"block {block.start}")
+
+    with pytest.raises(ValueError, match="block"):
+        solve_blocks(fail, [slice(0, 1), slice(1, 2)])
+    assert torch.get_num_threads() == threads
 
 
 def test_fewshot_probabilities_do_not_depend_on_the_layer_blocks(monkeypatch):

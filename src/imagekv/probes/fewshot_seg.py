@@ -2,7 +2,7 @@
 
 Per episode, the L2-normalised tokens of the support images, labelled foreground when at least
 `label_threshold` of their non-void pixels are, train one balanced logistic regression per layer
-(all layers of a cache-sized block at once, `imagekv.probes.logistic`); the query's token
+(all layers of a cache-sized block at once, blocks concurrently, `imagekv.probes.logistic`); the query's token
 probabilities are bilinearly upsampled to pixels and thresholded. Scores: the standard few-shot
 mIoU per fold (per class, intersections and unions summed over its episodes, then averaged over
 the fold's classes) and FB-IoU, each also averaged over the folds present.
@@ -24,6 +24,7 @@ from imagekv.probes.features import (
     layer_blocks,
     normalized_stack,
     probe_device,
+    solve_blocks,
     to_pixels,
     token_labels,
     token_rows,
@@ -86,12 +87,15 @@ def query_probabilities(episode: SegEpisode, source: FeatureSource, params: dict
     else:
         probabilities = torch.empty(num_layers, num_query, device=labels.device)
         float32_bytes_per_layer = labels.numel() * query[0].shape[-1] * 4
-        for layers in layer_blocks(num_layers, float32_bytes_per_layer):
+
+        def solve(layers: slice) -> None:
             fit = fit_logistic(
                 normalized_stack(support, layers), labels,
                 C=params["C"], tol=params["tol"], max_newton=params["max_newton"], max_cg=params["max_cg"],
             )
             probabilities[layers] = torch.sigmoid(fit.logits(normalized_stack(query, layers)))
+
+        solve_blocks(solve, layer_blocks(num_layers, float32_bytes_per_layer))
     probabilities[:, ~kept_tokens(source, episode.query)] = 0.0  # excluded tokens: background
     return probabilities
 

@@ -7,7 +7,8 @@ Solves exactly the problem of `sklearn.linear_model.LogisticRegression(C, class_
 with s_i = n / (2 * n_{y_i}), for L layers at once. Method: truncated Newton (Newton-CG) with
 per-layer convergence masks. It is fast on CPU because every step is a handful of batched
 matrix-vector products over [L, n, d] and nothing else (callers on CPU pass blocks of layers
-that fit in the cache: `imagekv.probes.features.layer_blocks`):
+that fit in the cache, `imagekv.probes.features.layer_blocks`, and solve those blocks
+concurrently, one thread each, `solve_blocks`):
 - features are centred per layer, an exact reparametrisation (the unpenalised intercept absorbs
   the mean) that removes the common direction dominating L2-normalised transformer features; the
   centring is applied inside the products, never materialised (a fresh [L, n, d] copy costs more
