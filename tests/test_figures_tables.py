@@ -134,7 +134,8 @@ def test_paired_figures_and_tables_draw_each_encoder_in_its_models_colour_and_pr
     ax = plt.figure().add_subplot()
     layerwise.draw_curves(ax, _paired_frame(), pairing=PAIRING)
     labels = ax.get_legend_handles_labels()[1]
-    assert "SigLIP (encoder of LLaVA-OneVision)" in labels and "CLIP ViT-L/14-336 (encoder of Llama-3-LLaVA-NeXT)" in labels
+    assert "SigLIP (encoder of LLaVA-OneVision)" in labels
+    assert "CLIP ViT-L/14-336 (encoder of Llama-3-LLaVA-NeXT)" in labels
     assert "Qwen2.5-VL tower" in labels and "SigLIP" not in labels
     plt.close("all")
     layerwise.plot(path, [tmp_path / "f.png"], "smoke", "smoke", pairing=json.dumps(PAIRING))

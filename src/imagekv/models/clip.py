@@ -62,7 +62,9 @@ def published_processor() -> CLIPImageProcessor:
 
 
 # The settings that decide the pixels the model sees.
-CHECKED_SETTINGS = ("size", "crop_size", "do_center_crop", "do_resize", "do_normalize", "image_mean", "image_std", "resample")
+CHECKED_SETTINGS = (
+    "size", "crop_size", "do_center_crop", "do_resize", "do_normalize", "image_mean", "image_std", "resample",
+)
 
 
 def check_published(processor: CLIPImageProcessor, source: str) -> None:

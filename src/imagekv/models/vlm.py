@@ -90,7 +90,9 @@ class VlmBackbone(Backbone):
         """The module mapping the vision tower's output to the LM's input width."""
 
     @abstractmethod
-    def tower_tokens(self, projector_input: torch.Tensor, inputs: dict, token_index: torch.Tensor) -> torch.Tensor | None:
+    def tower_tokens(
+        self, projector_input: torch.Tensor, inputs: dict, token_index: torch.Tensor
+    ) -> torch.Tensor | None:
         """[len(token_index), C]: the projector's input (as its forward receives it, for one image)
         belonging to the grid tokens `token_index`, in their order; None where the view has no
         one-to-one counterpart."""
@@ -243,7 +245,9 @@ class AnyresBackbone(VlmBackbone):
     def projector(self) -> torch.nn.Module:
         return self.model.model.multi_modal_projector
 
-    def tower_tokens(self, projector_input: torch.Tensor, inputs: dict, token_index: torch.Tensor) -> torch.Tensor | None:
+    def tower_tokens(
+        self, projector_input: torch.Tensor, inputs: dict, token_index: torch.Tensor
+    ) -> torch.Tensor | None:
         """The projector receives [crops, tokens, C], the tower's selected layer (CLS dropped with
         strategy "default"), the base view first. Only the base view maps token for token onto the
         grid (the crops map is unpadded and joined after the projector)."""
