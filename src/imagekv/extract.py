@@ -136,8 +136,7 @@ class Extraction:
             prefix_items(dataset.samples(), spec["prefix"], spec["dataset"]) if spec.get("per_item") else {}
         )
         self.keys = sorted(self.items or self.refs)  # what each image shard holds, in storage order
-        # Text queries are read with no prefix (E5 holds them fixed), so only a no-prefix store keeps them
-        self.texts = sorted(self.items) if self.items else sorted(set(dataset.texts())) if not spec["prefix"] else []
+        self.texts = self._text_keys()
         self.in_context: dict[str, torch.Tensor] = {}  # item key -> its query's values, until stored
         self.store = _store_representations(spec["store"])
         if spec.get("store_format") != STORE_FORMAT:  # in the spec hash: another format clears the shards
@@ -149,6 +148,13 @@ class Extraction:
         self.device = resolve_device(spec["device"])
         self.dtype = resolve_dtype(spec["dtype"], self.device)
         self.warmed_up = False
+
+    def _text_keys(self) -> list[str]:
+        """The store's text rows: per item its in-context query value; else the dataset's query texts,
+        text-only, in a no-prefix store only (E5 holds the queries fixed: they are read with no prefix)."""
+        if self.items:
+            return sorted(self.items)
+        return [] if self.spec["prefix"] else sorted(set(self.dataset.texts()))
 
     @cached_property
     def backbone(self) -> Backbone:

@@ -37,7 +37,9 @@ def template_fields(prefix: str, where: str = "prefix") -> tuple[str, ...]:
     try:
         fields = tuple(name for _, name, _, _ in string.Formatter().parse(prefix) if name is not None)
     except ValueError as error:
-        raise ValueError(f"{where}: {prefix!r} is not a valid template ({error}); write a literal brace as {{{{ or }}}}")
+        raise ValueError(
+            f"{where}: {prefix!r} is not a valid template ({error}); write a literal brace as {{{{ or }}}}"
+        ) from error
     unknown = sorted(set(fields) - set(ITEM_FIELDS))
     if unknown:
         raise ValueError(f"{where}: {prefix!r} names fields {unknown}; a prefix template may use {list(ITEM_FIELDS)}")

@@ -361,7 +361,7 @@ def _check_item_extraction(
     report: ModelReport, tested: ModelUnderTest, tokens: ImageTokens, config: dict, dataset: str, prefix: str
 ) -> None:
     """E5 per-item stores: every query's prompt, its filled prefix, its image, the query after it."""
-    processor, backbone = tested.processor, tested.backbone
+    processor = tested.processor
     job = f"per-item extraction {dataset}/{prefix}"
     loaded = _dataset(config, dataset)
     paths = {ref.image_id: ref.path for ref in loaded.images()}

@@ -120,8 +120,10 @@ class VlmBackbone(Backbone):
         features and the query's last-token value per layer [layers, C], from one forward."""
         layers = tuple(range(self.num_layers)) if layers is None else tuple(layers)
         with self._pre_rope_keys(layers) as pre_rope, self._lm_input() as lm_input:
-            return [self._encode_one(image, image_query_prompt(self.processor, prefix, query), layers, pre_rope, lm_input)
-                    for image, prefix, query in zip(images, prefixes, queries, strict=True)]
+            prompts = [image_query_prompt(self.processor, prefix, query)
+                       for prefix, query in zip(prefixes, queries, strict=True)]
+            return [self._encode_one(image, prompt, layers, pre_rope, lm_input)
+                    for image, prompt in zip(images, prompts, strict=True)]
 
     def _encode_one(
         self, image: Image.Image, prompt: str, layers: tuple[int, ...], pre_rope: dict, lm_input: dict
