@@ -37,6 +37,13 @@ wildcard_constraints:
     table=NAME,
 
 
+# Threads of a feature extraction job. A smoke job's tiny twin spends most of its time starting up
+# (imports, tokenizer, model construction: one thread), so two one-thread jobs side by side finish
+# sooner than one job on two threads; a paper-scale job computes, on two. Stores do not depend on it
+# (tests/test_reproducible_extraction.py).
+EXTRACT_THREADS = 1 if config["scale"] == "smoke" else 2
+
+
 def as_json(spec):
     """A job's spec as one canonical JSON string: Snakemake reruns the job when it changes. In a
     shell command, `{params.spec:q}` becomes `@FILE` (a content-addressed copy), which `--spec` reads:

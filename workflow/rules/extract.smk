@@ -17,7 +17,7 @@ rule extract_features:
     cache: True
     conda:
         "../../envs/models.yaml"
-    threads: 2
+    threads: EXTRACT_THREADS
     resources:
         gpu=1,
     params:
