@@ -19,6 +19,7 @@ import pytest
 from imagekv import plan
 from imagekv.datasets.synthetic import synthesize
 from smoke_config import SMOKE_CONFIG
+from store_diff import store_differences
 from workflow_runs import tool_env
 
 REFCOCO = {"images": 2, "num_expressions": 2}
@@ -57,11 +58,13 @@ def test_extraction_is_bit_identical_in_fresh_and_concurrent_processes(tmp_path)
         "dataset_root": str(root), "dataset_cfg": REFCOCO, "layers": [0, 1],
     }
     assert set(spec["store"]) == {"values", "keys", "projection"}
-    digests = []
+    runs = []
     for index, threads in enumerate(GROUPS):
         stores = [tmp_path / f"store-{index}-{member}" for member in range(len(threads))]
         extract_at_once(spec, stores, threads)
-        digests += [store_digests(store) for store in stores]
+        runs += stores
+    digests = [store_digests(store) for store in runs]
     assert len(digests[0]) >= 3  # manifest, spec stamp, image shard (and the text shard)
     differing = [run for run, digest in enumerate(digests) if digest != digests[0]]
-    assert differing == [], f"runs {differing} of {len(digests)} differ from run 0"
+    details = [f"run {run}: {line}" for run in differing for line in store_differences(runs[0], runs[run])]
+    assert differing == [], f"runs {differing} of {len(digests)} differ from run 0:\n" + "\n".join(details)
