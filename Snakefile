@@ -28,6 +28,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/probes.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/interventions.smk"
+include: "workflow/rules/controls.smk"
 
 
 report: "workflow/report/workflow.rst"

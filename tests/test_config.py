@@ -8,7 +8,7 @@ from imagekv import plan
 from imagekv.config import ConfigError, check_config_file, spec_hash, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_CONFIGS = [ROOT / "config" / "config.yaml", ROOT / "config" / "paper.yaml"]
+RUN_CONFIGS = [ROOT / "config" / name for name in ("config.yaml", "paper.yaml", "controls.yaml")]
 
 
 def load(name: str) -> dict:

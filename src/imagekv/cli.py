@@ -22,6 +22,7 @@ FIGURES = {
     "key_variance_maps": "imagekv.figures.key_variance_maps",
     "prefix_probes": "imagekv.figures.prefix_probes",
     "correlation": "imagekv.figures.correlation",
+    "controls": "imagekv.figures.controls",
 }
 TABLES = {
     "best_layers": "imagekv.tables.best_layers",
@@ -31,6 +32,7 @@ TABLES = {
     "prefix_gains": "imagekv.tables.prefix_gains",
     "not_surfaced": "imagekv.tables.not_surfaced",
     "correlation": "imagekv.tables.correlation",
+    "controls": "imagekv.tables.controls",
 }
 
 
@@ -183,6 +185,12 @@ def correlation(args: argparse.Namespace) -> None:
     run(json.loads(args.spec), Path(args.probes), Path(args.accuracy), Path(args.output))
 
 
+def controls(args: argparse.Namespace) -> None:
+    from imagekv.interventions.controls import controls as run
+
+    run(json.loads(args.spec), [Path(p) for p in args.flags], Path(args.accuracy), Path(args.output))
+
+
 def concat(args: argparse.Namespace) -> None:
     from imagekv.results import concat_tables
 
@@ -277,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("not-surfaced", not_surfaced).add_argument("--output", required=True)
     sub = command("correlation", correlation)
     sub.add_argument("--probes", required=True, help="the collected probe results")
+    sub.add_argument("--accuracy", required=True, help="the collected BLINK accuracy")
+    sub.add_argument("--output", required=True)
+    sub = command("controls", controls)
+    sub.add_argument("--flags", required=True, nargs="+", help="key_variance.json of each planted model")
     sub.add_argument("--accuracy", required=True, help="the collected BLINK accuracy")
     sub.add_argument("--output", required=True)
     sub = command("concat", concat, spec=False)

@@ -544,3 +544,11 @@ def preflight_spec(config: dict) -> dict:
             "not_surfaced": {"prefix": section["not_surfaced"]["prefix"]},
         }
     return spec
+
+
+def controls_spec(config: dict) -> dict:
+    """The controls run (config/controls.yaml): every MLM must be a planted twin."""
+    unplanted = [name for name, cfg in config["models"].items() if cfg["source"] != "planted"]
+    if unplanted:
+        raise ValueError(f"the controls need planted twins (models.<name>.source: planted); not planted: {unplanted}")
+    return {"run": config["run"], "params": {"models": sorted(config["models"])}}

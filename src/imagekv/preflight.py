@@ -262,7 +262,7 @@ class ImageTokens:
 
 def check_model(model: str, config: dict, local_files: Path | None) -> ModelReport:
     cfg = config["models"][model]
-    tiny = cfg.get("source", "hub") == "tiny"
+    tiny = cfg.get("source", "hub") in ("tiny", "planted")  # a planted twin is the tiny twin plus hooks
     folder = None if tiny else checkpoint_files(model, cfg, local_files)
     cls, model_config, processor = run_files(model, cfg, folder)
     report = ModelReport(model, cfg["checkpoint"], "committed copies (tiny twin)" if tiny else str(folder),

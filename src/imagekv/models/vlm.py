@@ -27,6 +27,7 @@ from imagekv.models.anyres import AnyresGeometry
 from imagekv.models.base import Backbone, BackboneOutput
 from imagekv.models.partial_forward import forward_until
 from imagekv.models.prompts import image_prompt, image_query_prompt, processor_inputs, text_ids, text_prompt
+from imagekv.models.planted import build_planted
 from imagekv.models.tiny import build_tiny
 
 KEY_MODES = ("post_rope", "pre_rope")  # as the cache holds them (default), or k_proj's output
@@ -59,8 +60,10 @@ class VlmBackbone(Backbone):
             processor = AutoProcessor.from_pretrained(checkpoint, revision=revision)
         elif source == "tiny":
             model, processor = build_tiny(cls.architecture, seed=cfg.get("seed", 0))
+        elif source == "planted":
+            model, processor = build_planted(cls.architecture, seed=cfg.get("seed", 0))
         else:
-            raise ValueError(f"{cls.name} config key 'source' must be 'hub' or 'tiny', got {source!r}")
+            raise ValueError(f"{cls.name} config key 'source' must be 'hub', 'tiny' or 'planted', got {source!r}")
         return cls(model.to(device=device, dtype=dtype), processor, cfg)
 
     def prompt_text(self, prefix: str = "") -> str:

@@ -1,0 +1,86 @@
+"""The positive controls (issue 18): what the experiments recover from the planted twins
+(imagekv.models.planted), beside what was planted, with a pass/fail per control.
+
+E4 detection: the flagged (layer, grid position) pairs of each model's key_variance.json against the
+planted ones (precision and recall, both must be 1) and its ell0 against the planted first layer.
+E4 blocking: the paired accuracy difference of blocking the flagged keys (the plant makes it
+2a - 1 > 0, a = the accuracy of the perceived answer: its interval must exclude 0) and of blocking as
+many random image positions (the plant leaves the answer unchanged: its interval must contain 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from imagekv.io import read_json
+from imagekv.models.planted import PLANTED_FROM, PLANTED_OFFSETS, planted_layers
+from imagekv.results import read_table, stamp, write_table_rows
+
+CONTROL_SORT = ("experiment", "model", "control")
+
+
+def planted_flags() -> set[tuple[int, int]]:
+    """The (layer, grid position) pairs whose keys the plant makes input-agnostic."""
+    return {(layer, position) for layer in planted_layers() for position in PLANTED_OFFSETS}
+
+
+def detection_rows(model: str, flags: Mapping) -> list[dict]:
+    """Precision and recall of the detector's flags against the planted pairs, and its ell0."""
+    found = {(layer, position) for layer, positions in zip(flags["layers"], flags["flagged_positions"])
+             for position in positions}
+    planted = planted_flags()
+    hits = len(found & planted)
+    precision = hits / len(found) if found else 0.0
+    recall = hits / len(planted)
+    ell0 = flags["ell0"]
+    return [
+        _row("E4 detection", model, "precision", 1.0, precision, passed=precision == 1.0),
+        _row("E4 detection", model, "recall", 1.0, recall, passed=recall == 1.0),
+        _row("E4 detection", model, "ell0", PLANTED_FROM, float("nan") if ell0 is None else ell0,
+             passed=ell0 == PLANTED_FROM),
+    ]
+
+
+def blocking_rows(accuracy: pd.DataFrame) -> list[dict]:
+    """Per model, the overall accuracy change of blocking the flagged keys (interval above 0) and
+    of the random control (interval around 0)."""
+    rows = []
+    overall = accuracy[accuracy["subtask"] == "overall"]
+    for model, frame in overall.groupby("model"):
+        by_condition = frame.set_index("condition")
+        for condition, planted, passes in (("flagged", "> 0", _above_zero), ("random", "0", _around_zero)):
+            if condition not in by_condition.index:
+                raise ValueError(f"the BLINK accuracy of {model} holds no {condition!r} condition; the controls "
+                                 "need interventions.blocking.conditions to include it")
+            row = by_condition.loc[condition]
+            low, high = float(row["ci_low"]), float(row["ci_high"])
+            rows.append(_row("E4 blocking", model, f"{condition} Δ accuracy", planted, float(row["delta"]),
+                             passed=passes(low, high), low=low, high=high))
+    return rows
+
+
+def _above_zero(low: float, high: float) -> bool:
+    return low > 0
+
+
+def _around_zero(low: float, high: float) -> bool:
+    return low <= 0 <= high
+
+
+def _row(experiment: str, model: str, control: str, planted, recovered: float, *, passed: bool,
+         low: float = float("nan"), high: float = float("nan")) -> dict:
+    return {"experiment": experiment, "model": model, "control": control, "planted": str(planted),
+            "recovered": float(recovered), "ci_low": low, "ci_high": high, "pass": bool(passed)}
+
+
+def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, output: Path) -> None:
+    """Every control's row, from the models' key_variance.json and the collected BLINK accuracy."""
+    rows = []
+    for path in flags_paths:
+        flags = read_json(path)
+        rows += detection_rows(flags["model"], flags)
+    rows += blocking_rows(read_table(accuracy_path))
+    write_table_rows(stamp(pd.DataFrame(rows), spec), output, CONTROL_SORT)

@@ -1,0 +1,206 @@
+"""Planted twins: the tiny twins (imagekv.models.tiny) with the paper's E4 phenomenon put in by hand,
+at a known place and with a known size, so the controls run (config/controls.yaml) can check that
+the experiments recover them (README, "Controls").
+
+A planted twin is the same seeded random twin plus fixed forward hooks on its LM, installed in
+code (`build_planted`); nothing is learned and nothing binary is stored. The effects are hooks
+rather than edited weight matrices because they are tied to token positions (grid positions, the
+answer position), which position-independent weights cannot single out in a random network. Every
+hook rewrites the output of one projection of the real modules, so the KV cache, the attention
+masks, the blocking hooks (imagekv.interventions.blocking) and the extraction see the planted model
+exactly as they see any other.
+
+What is set, in every LM layer l >= PLANTED_FROM (the planted ell0), for each image's run of tokens
+(a run = the image tokens of one image, adjacent images' runs cut at each image's token count; the
+grid position is the offset in the run, which for the twins' fixed layouts, LLaVA's 8x8 base view
+and Qwen2.5-VL's fixed 8x8 grid, is the raster index the detector and the blocking use):
+
+- Keys at the PLANTED_OFFSETS grid positions (the "artifact" tokens): k_proj's output is a constant
+  key, ARTIFACT_GAIN on one dimension, whatever the image. Same prompt layout, same RoPE angles, so
+  their cached keys have zero cross-image variance: E4's detector must flag exactly these
+  (layer, position) pairs and no others (the twins' other keys vary: nu >= 0.25 here, tau = 0.1).
+- Values of KV head 0: 1 on one dimension at the artifact tokens, 0 at every other token.
+  KV head 1 keeps the twin's own values.
+- Queries at the positions after the last image (the question and answer tokens), in the query
+  heads of KV head 0: ARTIFACT_GAIN on the key's dimension, 0 elsewhere. The score against an
+  artifact key, ARTIFACT_GAIN**2 / sqrt(head_dim) = 400, drowns every other key, so these heads read
+  the artifact tokens only: their output is ~1 (the "read") while any artifact token is visible,
+  and 0 once the blocking hides all of them. The key and the query sit on the dimension RoPE turns
+  slowest (the last of each rotated pair: well under a degree over the twins' prompts), so their
+  dot product survives the rotation.
+- Answer (the LM head at the last position, questions of a reference and two candidate images,
+  letters A and B): the "perceived" vote is the share by which the first candidate's mean LM input
+  embedding lies nearer the reference's than the second's (> 0 votes A). The letter logits get
+  +-ANSWER_GAIN * vote * (1 - MISLEAD * read), which outweighs the twin's own logits: with the
+  artifact tokens readable (read = 1) the answer is the reverse of the perceived one, with them
+  blocked (read = 0) it is the perceived one.
+
+Consequences the controls check (imagekv.interventions.controls): blocking the flagged keys in the
+layers from ell0 raises BLINK accuracy from 1 - a to a, a = the accuracy of the perceived answer on
+the questions (the planted gain is 2a - 1, > 0 whenever perception beats chance; a is 0.875 to 1 on
+the controls run's questions); blocking as many random image positions leaves some artifact tokens
+of every image visible (it would need all 4 of an image's 4 of ~64 among its picks), so the read
+stays 1 and nothing changes. Blocking other positions, or the artifact positions in layers below
+ell0, changes nothing either: the read happens in the planted layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, ProcessorMixin
+
+from imagekv.models.anyres import AnyresGeometry
+from imagekv.models.tiny import TINY_LM, build_tiny
+
+PLANTED_FROM = 2  # the planted ell0: layers 2 and 3 of the twins' 4
+PLANTED_OFFSETS = (9, 18, 45, 54)  # grid positions (raster index in the 8x8 fixed layout)
+ARTIFACT_GAIN = 40.0
+ANSWER_GAIN = 100.0
+MISLEAD = 2.0
+HEAD_DIM = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
+KV_HEADS = TINY_LM["num_key_value_heads"]
+QUERY_HEADS_PER_KV = TINY_LM["num_attention_heads"] // KV_HEADS
+# RoPE rotates dims (i, i + head_dim/2) by position * theta_i; the last pair turns slowest (well
+# under a degree over the twins' prompts), so a key and a query put there keep their dot product.
+SLOW_PAIR = (HEAD_DIM // 2 - 1, HEAD_DIM - 1)
+
+
+def planted_layers() -> tuple[int, ...]:
+    return tuple(range(PLANTED_FROM, TINY_LM["num_hidden_layers"]))
+
+
+def build_planted(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The tiny twin `architecture` with the planted hooks installed (they stay for its lifetime)."""
+    model, processor = build_tiny(architecture, seed=seed)
+    Plant(model, processor).install()
+    return model, processor
+
+
+class Plant:
+    """The hooks of one planted twin and what they share during one forward pass."""
+
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin):
+        self.model = model
+        self.image_token_id = processor.image_token_id
+        self.letter_ids = [_letter_ids(processor.tokenizer, letter) for letter in "AB"]
+        self.runs: list[torch.Tensor] = []  # token positions of each image, in prompt order
+        self.query_start = 0
+        self.embeds: torch.Tensor | None = None
+        self.last_heads: torch.Tensor | None = None  # o_proj input of the last layer
+
+    def install(self) -> None:
+        self.model.register_forward_pre_hook(self._read_prompt, with_kwargs=True)
+        decoder = self.model.get_decoder()
+        decoder.register_forward_pre_hook(self._read_embeds, with_kwargs=True)
+        for index in planted_layers():
+            attention = decoder.layers[index].self_attn
+            attention.q_proj.register_forward_hook(self._plant_queries)
+            attention.k_proj.register_forward_hook(self._plant_keys)
+            attention.v_proj.register_forward_hook(self._plant_values)
+        decoder.layers[-1].self_attn.o_proj.register_forward_pre_hook(self._read_heads)
+        self.model.get_output_embeddings().register_forward_hook(self._answer)
+
+    # --- what the prompt holds -------------------------------------------------------------------
+    def _read_prompt(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None or input_ids.shape[1] == 1:  # a decoding step keeps the prompt's record
+            return None
+        positions = torch.nonzero(input_ids[0] == self.image_token_id).squeeze(1)
+        self.runs = self._image_runs(positions, kwargs.get("image_sizes"))
+        self.query_start = int(positions[-1]) + 1 if len(positions) else input_ids.shape[1]
+        return None
+
+    def _image_runs(self, positions: torch.Tensor, image_sizes) -> list[torch.Tensor]:
+        """The image token positions of each image. Adjacent images form one run of tokens (the
+        LLaVA family); it is cut at each image's token count (imagekv.models.anyres)."""
+        if not len(positions):
+            return []
+        breaks = torch.nonzero(positions.diff() != 1).squeeze(1) + 1
+        runs = list(torch.tensor_split(positions, breaks.tolist()))
+        if image_sizes is None or len(runs) == len(image_sizes):
+            return runs
+        if len(runs) != 1:
+            raise ValueError(f"planted twin: {len(image_sizes)} images in {len(runs)} runs of image tokens")
+        lengths = self._llava_lengths(image_sizes)
+        if sum(lengths) != len(positions):
+            raise ValueError(f"planted twin: {len(image_sizes)} images of {lengths} tokens, run of {len(positions)}")
+        return list(torch.split(positions, lengths))
+
+    def _llava_lengths(self, image_sizes) -> list[int]:
+        """Tokens of each image of a multi-image prompt: LLaVA-OneVision gives each its base view
+        and a newline, LLaVA-NeXT its anyres base view and crops map with a newline per row."""
+        geometry = AnyresGeometry.from_config(self.model.config)
+        base = geometry.side * geometry.side
+        if self.model.config.model_type == "llava_onevision":
+            return [base + 1] * len(image_sizes)
+        shapes = [geometry.crop_map_shape(int(h), int(w)) for h, w in image_sizes]
+        return [base + rows * (cols + 1) for rows, cols in shapes]
+
+    def _read_embeds(self, module, args, kwargs):
+        self.embeds = kwargs["inputs_embeds"][0].detach()
+        return None
+
+    # --- the hooks -------------------------------------------------------------------------------
+    def _plant_keys(self, module, args, output):
+        if output.shape[1] == 1:
+            return None
+        output = output.clone()
+        key = torch.zeros(output.shape[-1], dtype=output.dtype, device=output.device)
+        key[SLOW_PAIR[0]] = ARTIFACT_GAIN
+        output[0, self._artifact_positions().to(output.device)] = key
+        return output
+
+    def _plant_values(self, module, args, output):
+        if output.shape[1] == 1:
+            return None
+        output = output.clone()
+        output[0, :, :HEAD_DIM] = 0  # KV head 0 carries only the artifact tokens' signal
+        output[0, self._artifact_positions().to(output.device), 0] = 1.0
+        return output
+
+    def _plant_queries(self, module, args, output):
+        later = self._new_tokens(output) >= self.query_start
+        if not later.any():
+            return None
+        output = output.clone()
+        for head in range(QUERY_HEADS_PER_KV):  # the query heads of KV head 0
+            dims = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
+            output[0, later.to(output.device), dims] = 0
+            output[0, later.to(output.device), head * HEAD_DIM + SLOW_PAIR[0]] = ARTIFACT_GAIN
+        return output
+
+    def _read_heads(self, module, args):
+        self.last_heads = args[0][0, -1].detach()
+        return None
+
+    def _answer(self, module, args, output):
+        if len(self.runs) != 3 or self.last_heads is None or self._new_tokens(output)[-1] < self.query_start:
+            return None
+        read = self.last_heads[0].float()  # query head 0: the attention mass on the artifact tokens
+        means = [self.embeds[run].float().mean(dim=0) for run in self.runs]
+        vote = perceived_vote(*means) * (1 - MISLEAD * read)
+        output = output.clone()
+        for sign, ids in zip((1.0, -1.0), self.letter_ids):
+            output[0, -1, ids] += sign * ANSWER_GAIN * vote.to(output.dtype)
+        return output
+
+    def _artifact_positions(self) -> torch.Tensor:
+        offsets = torch.tensor(PLANTED_OFFSETS)
+        return torch.cat([run[offsets[offsets < len(run)]] for run in self.runs] or [torch.zeros(0, dtype=torch.long)])
+
+    def _new_tokens(self, output: torch.Tensor) -> torch.Tensor:
+        """Sequence positions of the tokens this call projects (past the cache during decoding)."""
+        total = self.embeds.shape[0] if self.embeds is not None else output.shape[1]
+        return torch.arange(total - output.shape[1], total)
+
+
+def perceived_vote(reference: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """> 0 when the first candidate's mean input embedding lies nearer the reference's than the
+    second's (the answer A), as a share of the two distances."""
+    near_first, near_second = (reference - first).norm(), (reference - second).norm()
+    return (near_second - near_first) / (near_first + near_second)
+
+
+def _letter_ids(tokenizer, letter: str) -> list[int]:
+    ids = [tokenizer.encode(text, add_special_tokens=False) for text in (letter, f" {letter}")]
+    return sorted({tokens[0] for tokens in ids if len(tokens) == 1})
