@@ -3,7 +3,7 @@ command line (`python -m imagekv ...`, run in process), Snakemake, a dataset che
 (`check-dataset`'s `check_dataset`), a feature-store read, a download. Each case asserts the input is
 refused (or, where there is a right answer, handled) with a message naming the file, key or item.
 
-Kinds, by outcome: 48 refused naming the file/key/item, 1 handled correctly (`HANDLED`); the count
+Kinds, by outcome: 56 refused naming the file/key/item, 1 handled correctly (`HANDLED`); the count
 is checked at the bottom so that a case added or removed updates it.
 """
 
@@ -390,6 +390,45 @@ def cyclic_pickle(tmp_path, capsys) -> str:
 PICKLES = [Case("pickle with a cycle", cyclic_pickle, r"cycle.p")]
 
 
+# --- Result tables, read by the collecting, figure, table and intervention commands ---------------
+
+
+def table_file(tmp_path: Path, text: str, name: str = "results.csv") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def reading(argv: Callable[[Path], list[str]]) -> Callable:
+    return lambda tmp_path, capsys: command(argv(tmp_path), capsys)
+
+
+FIGURE = ["--run", "smoke", "--scale", "smoke", "--output"]
+RESULTS = [
+    Case("probe results lacking columns", reading(lambda t: ["collect", "--output", "o.csv", table_file(t, "a,b\n1,2\n")]),
+         r"results.csv: lacks the columns \['run'"),
+    Case("result table empty", reading(lambda t: ["collect", "--output", "o.csv", table_file(t, "")]),
+         r"results.csv: not a result table"),
+    Case("sort column missing", reading(lambda t: ["concat", "--output", "o.csv", "--sort", "zzz",
+                                                   table_file(t, "a,b\n1,2\n")]), r"results.csv: lacks the columns \['zzz'\]"),
+    Case("figure input lacking columns", reading(lambda t: ["figure", "layerwise_probes", "--input",
+                                                            table_file(t, "a,b\n1,2\n"), *FIGURE, "f.pdf"]),
+         r"results.csv: lacks the columns"),
+    Case("intervention table lacking a column", reading(lambda t: ["table", "blocking", "--input",
+                                                                   table_file(t, "a,b\n1,2\n"), *FIGURE, "t"]),
+         r"results.csv: lacks '\w+', a column or entry the table blocking reads"),
+    Case("BLINK answers lacking a column", reading(lambda t: ["blink-accuracy", "--spec", "{}", "--output", "a.csv",
+                                                              table_file(t, "a,b\n1,2\n", "answers.csv")]),
+         r"answers.csv: lacks 'model'"),
+    Case("key-variance flags not JSON", reading(lambda t: ["masked-probes", "--spec", "{}", "--output", "m.csv",
+                                                           "--flags", table_file(t, '{"x":', "flags.json")]),
+         r"flags.json: Expecting value"),
+    Case("reported numbers not a mapping", reading(lambda t: ["table", "paper_comparison", "--input",
+                                                              table_file(t, "- 1\n", "reported.yaml"), *FIGURE, "t"]),
+         r"reported.yaml: expected a non-empty list under 'entries'"),
+]
+
+
 # --- The workflow ---------------------------------------------------------------------------------
 
 
@@ -405,7 +444,7 @@ def workflow_default_config_not_utf8(tmp_path, capsys) -> str:
 WORKFLOW = [Case("the workflow's config not UTF-8", workflow_default_config_not_utf8, r"config/config.yaml: not UTF-8")]
 
 
-ALL = CONFIG + DATASETS + IMAGES + STORES + DOWNLOADS + PICKLES + WORKFLOW
+ALL = CONFIG + DATASETS + IMAGES + STORES + DOWNLOADS + PICKLES + RESULTS + WORKFLOW
 FIXTURES = {"twins", "pristine", "server", "retry", "monkeypatch"}
 
 
@@ -421,5 +460,5 @@ def test_a_bad_input_is_refused_naming_what_is_wrong(case, tmp_path, capsys, req
 
 
 def test_the_suite_counts_its_kinds():
-    assert len({case.kind for case in ALL}) == len(ALL) == 49
+    assert len({case.kind for case in ALL}) == len(ALL) == 57
     assert sum(case.names == HANDLED for case in ALL) == 1

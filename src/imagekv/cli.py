@@ -7,6 +7,7 @@ output paths, and hands over to the module that does the work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -170,7 +171,8 @@ def blink_answers(args: argparse.Namespace) -> None:
 def blink_accuracy(args: argparse.Namespace) -> None:
     from imagekv.interventions.blink_run import blink_accuracy as run
 
-    run(json.loads(args.spec), args.inputs, Path(args.output))
+    with _naming_inputs(args.inputs, "blink-accuracy"):
+        run(json.loads(args.spec), args.inputs, Path(args.output))
 
 
 def not_surfaced(args: argparse.Namespace) -> None:
@@ -199,12 +201,26 @@ def concat(args: argparse.Namespace) -> None:
 
 def figure(args: argparse.Namespace) -> None:
     options = _options(args.option)
-    importlib.import_module(FIGURES[args.name]).plot(args.input, args.output, args.run, args.scale, **options)
+    with _naming_inputs([args.input], f"figure {args.name}"):
+        importlib.import_module(FIGURES[args.name]).plot(args.input, args.output, args.run, args.scale, **options)
 
 
 def table(args: argparse.Namespace) -> None:
     options = _options(args.option)
-    importlib.import_module(TABLES[args.name]).write(args.input, args.output, args.run, args.scale, **options)
+    with _naming_inputs([args.input], f"table {args.name}"):
+        importlib.import_module(TABLES[args.name]).write(args.input, args.output, args.run, args.scale, **options)
+
+
+@contextlib.contextmanager
+def _naming_inputs(inputs: list[str], reader: str):
+    """A KeyError while reading result tables is a column or entry an input lacks: say which inputs."""
+    try:
+        yield
+    except KeyError as error:
+        raise SystemExit(
+            f"{', '.join(map(str, inputs))}: lacks {error}, a column or entry the {reader} reads "
+            "(an input from another version of the workflow, or edited?)"
+        ) from error
 
 
 def _options(pairs: list[str]) -> dict[str, str]:

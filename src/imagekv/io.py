@@ -83,5 +83,9 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON at `path`; a parse error names the file (and stays a JSONDecodeError)."""
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise json.JSONDecodeError(f"{path}: {error.msg}", error.doc, error.pos) from None

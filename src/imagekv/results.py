@@ -47,20 +47,37 @@ def write_table_rows(frame: pd.DataFrame, output: str | Path, sort: Sequence[str
         frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+class ResultsFileError(ValueError):
+    """A result table that is not what it should be; the message names the file."""
 
 
-def concat_tables(inputs: Iterable[str | Path], output: str | Path, sort: Sequence[str]) -> None:
-    write_table_rows(pd.concat([read_table(p) for p in inputs], ignore_index=True), output, sort)
+def read_table(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
+    """A result table, with at least the columns `required`."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ResultsFileError(f"{path}: not a result table (CSV): {error}") from error
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise ResultsFileError(f"{path}: lacks the columns {missing}; it has {list(frame.columns)}")
+    return frame
+
+
+def concat_tables(
+    inputs: Iterable[str | Path], output: str | Path, sort: Sequence[str], required: Sequence[str] = ()
+) -> None:
+    tables = [read_table(p, list(dict.fromkeys([*required, *sort]))) for p in inputs]
+    write_table_rows(pd.concat(tables, ignore_index=True), output, sort)
 
 
 def write_results(frame: pd.DataFrame, output: str | Path) -> None:
     write_table_rows(frame, output, SORT_KEYS)
 
 
-read_results = read_table  # the probe results are one such table
+def read_results(path: str | Path) -> pd.DataFrame:
+    """Probe results: a result table with the tidy columns."""
+    return read_table(path, COLUMNS)
 
 
 def collect(inputs: Iterable[str | Path], output: str | Path) -> None:
-    concat_tables(inputs, output, SORT_KEYS)
+    concat_tables(inputs, output, SORT_KEYS, COLUMNS)

@@ -26,7 +26,11 @@ STATISTICS = ("max", "value")
 
 def load_reported(path: str | Path) -> list[dict]:
     """The entries of the reported-numbers file; a malformed entry is an error naming it."""
-    entries = (yaml.safe_load(Path(path).read_text()) or {}).get("entries")
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a YAML file of reported numbers ({error})") from error
+    entries = document.get("entries") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty list under 'entries'")
     for number, entry in enumerate(entries):
