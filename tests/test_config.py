@@ -5,19 +5,20 @@ import pytest
 import yaml
 
 from imagekv import plan
-from imagekv.config import ConfigError, check_config_file, spec_hash, validate_config
+from imagekv.config import ConfigError, check_config_file, merge_configs, spec_hash, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_CONFIGS = [ROOT / "config" / name for name in ("config.yaml", "paper.yaml", "controls.yaml")]
+# Each run's config files in --configfile order: the controls config is merged over the smoke config.
+RUN_CONFIGS = {"smoke": ["config.yaml"], "paper": ["paper.yaml"], "controls": ["config.yaml", "controls.yaml"]}
 
 
 def load(name: str) -> dict:
     return yaml.safe_load((ROOT / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
-def test_shipped_configs_validate(path):
-    validate_config(yaml.safe_load(path.read_text()))
+@pytest.mark.parametrize("run", RUN_CONFIGS)
+def test_shipped_configs_validate(run):
+    validate_config(merge_configs([load(name) for name in RUN_CONFIGS[run]]))
 
 
 def test_unknown_key_is_named_with_its_path():
@@ -63,7 +64,7 @@ def test_a_config_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
         check_config_file(path)
 
 
-@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_read_strictly_as_snakemake_reads_them(path):
     assert check_config_file(path) == yaml.safe_load(path.read_text(encoding="utf-8"))
 

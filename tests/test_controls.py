@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from imagekv import plan
+from imagekv.config import merge_configs
 from imagekv.interventions.blink_run import blink_accuracy, blink_answers
 from imagekv.interventions.controls import blocking_rows, detection_rows
 from imagekv.interventions.key_variance_run import key_variance
@@ -19,15 +20,17 @@ from workflow_runs import fresh_copy, snakemake
 pytestmark = pytest.mark.slow
 
 MUTATED_MODEL = "llava_next"
+# The controls config holds only what differs from the smoke config (Snakemake merges it over it).
+CONTROLS_CONFIGS = ["config/config.yaml", "config/controls.yaml"]
 
 
 @pytest.fixture(scope="module")
 def controls_run(tmp_path_factory):
     """One `snakemake controls` in a fresh copy: the copy and its config."""
     copy = fresh_copy(tmp_path_factory.mktemp("controls") / "project")
-    result = snakemake(["--cores", "1", "controls", "--configfile", "config/controls.yaml"], copy)
+    result = snakemake(["--cores", "1", "controls", "--configfile", *CONTROLS_CONFIGS], copy)
     assert result.returncode == 0, result.stderr[-4000:]
-    return copy, yaml.safe_load((copy / "config/controls.yaml").read_text())
+    return copy, merge_configs([yaml.safe_load((copy / path).read_text()) for path in CONTROLS_CONFIGS])
 
 
 def test_every_control_passes(controls_run):

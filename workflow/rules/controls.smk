@@ -1,5 +1,5 @@
 # Positive controls (issue 18): a run of planted twins (config/controls.yaml) recovers each planted
-# effect through the same rules as every run; `snakemake --configfile config/controls.yaml controls`.
+# effect through the same rules as every run; `snakemake controls --configfile config/config.yaml config/controls.yaml`.
 
 
 rule controls_results:
