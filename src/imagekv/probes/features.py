@@ -88,10 +88,10 @@ def layer_blocks(num_layers: int, layer_bytes: int) -> list[slice]:
 
 def solve_blocks(solve: Callable[[slice], None], blocks: Sequence[slice]) -> None:
     """Call solve(block) for every block. On CPU the blocks run concurrently, one per intra-op
-    thread, each single-threaded: a one-layer block's products otherwise run on one core (MKL's
-    batch-1 product), and a batched product synchronises its threads after every call, which on a
-    shared machine waits for a descheduled thread (measured 2.5x slower than one thread). Torch
-    releases the GIL inside its operations, so the blocks' work overlaps."""
+    thread, each single-threaded: a multi-threaded product synchronises its threads after every
+    call, which on a shared machine waits for a descheduled thread (a batch-2 product on 2 threads
+    measured 2.5x slower than on 1 at load ~24), and the solver's many small operations run on one
+    thread anyway. Torch releases the GIL inside its operations, so the blocks' work overlaps."""
     threads = torch.get_num_threads()
     if probe_device().type != "cpu" or threads == 1 or len(blocks) < 2:
         for block in blocks:
