@@ -13,19 +13,10 @@ import pandas as pd
 import seaborn as sns
 
 from imagekv.figures.style import METRIC_LABELS, MODEL_LABELS, Provenance, apply_style, panels, save, stamp
-from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES
+from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES, headline, prefix_order
 from imagekv.results import read_results
 
 DASHES = ("-", "--", ":", "-.")
-
-
-def headline(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[(frame["metric"] == frame["task"].map(HEADLINE_METRICS)) & (frame["representation"] == "values")]
-
-
-def prefix_order(prefixes) -> list[str]:
-    """The baseline first, then the other prefixes by name."""
-    return sorted(set(prefixes), key=lambda p: (p != "none", p))
 
 
 def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: str) -> None:

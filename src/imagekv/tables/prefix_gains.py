@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from imagekv.figures.prefix_probes import headline, prefix_order
 from imagekv.figures.style import MODEL_LABELS, Provenance
-from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER
+from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, headline, prefix_order
 from imagekv.results import read_results
 from imagekv.tables import write_table
 
