@@ -81,3 +81,36 @@ def test_text_query_example_is_the_first_scored_query_thresholded_at_its_tau(tmp
     assert (example["pred/m"] == left).mean() > 0.9  # scores 1 on the left half, 0 on the right
     strict = text_query_example(dataset, queries[0], {"m": LeftHalfSource()}, params | {"threshold": 1.01})
     assert not strict["pred/m"].any()  # the tau of the row decides the mask
+
+
+def test_the_figure_has_a_row_per_probe_and_names_the_tuned_tau(tmp_path, monkeypatch):
+    from imagekv.figures import qualitative as figure
+    from imagekv.io import write_json
+
+    image, mask = np.zeros((8, 8, 3), dtype=np.uint8), np.eye(8, dtype=np.uint8)
+    model, sources = "llava_onevision", ["llava_onevision", "llava_onevision projection", "siglip"]
+    arrays = {}
+    for task in ("fewshot_seg", "coseg", "semantic_seg", "referring_seg", "temporal_corr"):
+        arrays |= {f"{task}/image": image, f"{task}/truth": mask}
+        for source in sources[:1] if task in ("semantic_seg", "referring_seg") else sources:
+            arrays[f"{task}/pred/{source}"] = mask
+    points = np.array([[1.0, 2.0]])
+    arrays |= {"semantic_corr/source_image": image, "semantic_corr/target_image": image,
+               "semantic_corr/source_points": points, "semantic_corr/target_points": points}
+    for source in sources:
+        arrays |= {f"semantic_corr/pred/{source}": points, f"semantic_corr/hits/{source}": np.ones(1, bool)}
+    np.savez(tmp_path / "examples.npz", **arrays)
+    tuned = {"tune_images": 2, "threshold": 0.7}
+    write_json(tmp_path / "examples.json", {
+        "model": model, "layers": dict.fromkeys(figure.TASK_ORDER, 3),
+        "params": {task: tuned if task in ("semantic_seg", "referring_seg") else {} for task in figure.TASK_ORDER},
+        "texts": {"semantic_seg": "dog", "referring_seg": "the left dog"}})
+    drawn = []
+    monkeypatch.setattr(figure, "save", lambda fig, outputs: drawn.append(fig))
+    figure.plot(tmp_path / "examples.npz", [tmp_path / "q.png"], "smoke", "smoke")
+    (fig,) = drawn
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 6 * figure.COLUMNS  # one row per probe
+    assert titles.count("ground truth") == 5 and "source keypoints" in titles
+    assert sum("tau 0.7" in title for title in titles) == 2  # T3 and T4 predictions, at the tuned tau
+    assert any('"the left dog"' in title for title in titles)

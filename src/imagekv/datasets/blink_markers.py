@@ -35,6 +35,7 @@ REFERENCE_LABEL = "REF"
 CANDIDATE_LABELS = ("A", "B", "C", "D")
 RING_FRACTION = 0.03  # ring radius / shorter image side [I]
 MIN_RING_RADIUS = 8  # px: smaller rings and JPEG-blurred letters become hard to tell apart
+MIN_RING_PIXELS = 8  # smaller red specks are JPEG noise or bits of a letter
 GLYPH_SIDE = 24  # labels and glyphs are compared as GLYPH_SIDE x GLYPH_SIDE masks
 ANGLE_BINS = 24  # a ring has pixels in every 15-degree sector around its centre (a "C" has not)
 MAX_OFF_RING = 0.02  # fraction of a ring's pixels farther than half its stroke from its radius
@@ -145,7 +146,7 @@ def locate_markers(pixels: np.ndarray, labels: tuple[str, ...]) -> dict[str, Mar
     for index, (rows, cols) in enumerate(ndimage.find_objects(parts), start=1):
         ys, xs = np.nonzero(parts[rows, cols] == index)
         ys, xs = ys + rows.start, xs + cols.start
-        ring = _ring(ys, xs) if len(ys) >= 8 else None
+        ring = _ring(ys, xs) if len(ys) >= MIN_RING_PIXELS else None
         (rings if ring else pieces).append(ring or (ys, xs))
     if len(rings) != len(labels):
         raise MarkerError(f"found {len(rings)} red ring(s), expected {len(labels)} (labels {', '.join(labels)})")

@@ -54,16 +54,17 @@ def _label(source: str, layer: int) -> str:
 def _segmentation_row(axes, arrays, task: str, sources: list[str], meta: dict) -> None:
     image, truth = arrays[f"{task}/image"], arrays[f"{task}/truth"]
     layer, params = meta["layers"][task], meta["params"][task]
+    top = max(1, int(np.where(truth == VOID, 0, truth).max()))  # the highest object label: one colour scale
     axes[0].imshow(image)
     axes[0].set_title(f"{TASK_TITLES[task]}\n" + (f"\"{meta['texts'][task]}\"" if task in meta["texts"] else ""),
                       fontsize=6)
     axes[1].imshow(image)
-    axes[1].imshow(_overlay(truth), cmap="autumn", alpha=0.6, vmin=0, vmax=max(1, truth.max()))
+    axes[1].imshow(_overlay(truth), cmap="autumn", alpha=0.6, vmin=0, vmax=top)
     axes[1].set_title("ground truth")
     for ax, source in zip(axes[2:], sources):
         predicted = arrays[f"{task}/pred/{source}"]
         ax.imshow(image)
-        ax.imshow(_overlay(predicted), cmap="winter", alpha=0.6, vmin=0, vmax=max(1, truth.max()))
+        ax.imshow(_overlay(predicted), cmap="winter", alpha=0.6, vmin=0, vmax=top)
         tau = f", tau {params['threshold']:g}" if "tune_images" in params else ""
         ax.set_title(_label(source, layer) + tau)
 
