@@ -3,7 +3,6 @@ breaking the experiment that should recover one makes its control fail (mutation
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import yaml
 

@@ -184,7 +184,8 @@ def test_layerwise_refuses_a_task_missing_from_the_results(tmp_path):
 def test_the_only_reported_number_is_art_style():
     entries = paper_comparison.load_reported(ROOT / "config" / "paper_reported.yaml")
     reported = {e["id"]: e["reported"] for e in entries if e["reported"] is not None}
-    assert reported == {"blink/art_style/not_surfaced": 0.333}
+    # one number of the paper, set against both read-outs (the paper does not say which it used)
+    assert reported == {"blink/art_style/not_surfaced": 0.333, "blink/art_style/not_surfaced/mean": 0.333}
     assert all(e["source"] for e in entries)
 
 

@@ -122,3 +122,34 @@ def test_calibration_picks_the_tau_whose_flagged_set_survives_resampling():
     varying.update(keys[:, :, 2:])
     kept = varying.result().calibrate(KeyVarianceConfig(tau=0.5, tau_sweep=(0.01,), calibration_resamples=30))
     assert (kept["tau"], kept["calibrated"]) == (0.5, False)  # nothing flagged: the configured tau stays
+
+
+def test_artifact_tokens_show_each_positions_value_norm_and_mark_the_flagged_ones(tmp_path, monkeypatch):
+    """Position 3 (row 1, col 0 of a 2x3 grid) has the same key and a value 10x the others' in every
+    image: it is the only flagged position, the brightest cell and the only red point of the scatter."""
+    from imagekv.figures import artifact_tokens
+
+    generator = torch.Generator().manual_seed(0)
+    keys, values = torch.randn(8, 2, 6, 4, generator=generator), torch.ones(8, 2, 6, 4)
+    keys[:, :, 3] = 1.0
+    values[:, :, 3] = 10.0
+    stats = KeyStatistics(layers=(0, 5))
+    stats.update(keys, values=values)
+    result = stats.result()
+    record = {"model": "llava_onevision", "grid": "2x3", "layers": [0, 5], "tau": 0.1, "num_images": 8,
+              "nu": result.nu.tolist(), "value_norm_map": result.value_norm.tolist(),
+              "spec": {"dataset": "coco_pool", "prefix": "none"}}
+    write_json(tmp_path / "kv.json", record)
+    drawn = []
+    monkeypatch.setattr(artifact_tokens, "save", lambda fig, outputs: drawn.append(fig))
+    artifact_tokens.plot(tmp_path / "kv.json", [tmp_path / "tokens.png"], "smoke", "smoke")
+    (fig,) = drawn
+    panel = fig.axes[0]
+    image = panel.images[0].get_array()
+    assert image.shape == (2, 3) and image.argmax() == 3 and image.max() == pytest.approx(20.0)  # ||(10,10,10,10)||
+    assert panel.collections[0].get_offsets().tolist() == [[0.0, 1.0]]
+    assert "‖v‖ 20 flagged, 2 other" in panel.get_title()
+    del record["value_norm_map"]
+    write_json(tmp_path / "kv.json", record)
+    with pytest.raises(ValueError, match="no value_norm_map"):
+        artifact_tokens.plot(tmp_path / "kv.json", [tmp_path / "tokens.png"], "smoke", "smoke")

@@ -21,6 +21,7 @@ FIGURES = {
     "qualitative_examples": "imagekv.figures.qualitative",
     "key_variance": "imagekv.figures.key_variance",
     "key_variance_maps": "imagekv.figures.key_variance_maps",
+    "artifact_tokens": "imagekv.figures.artifact_tokens",
     "prefix_probes": "imagekv.figures.prefix_probes",
     "correlation": "imagekv.figures.correlation",
     "controls": "imagekv.figures.controls",

@@ -230,9 +230,9 @@ def probe_targets(config: dict, prefix: str = "none") -> list[str]:
     )
 
 
-# R-F3: example predictions of LLaVA-OneVision (SPEC 6: M1), its projection and SigLIP.
+# R-F3: example predictions of LLaVA-OneVision (SPEC 6: M1), its projection and SigLIP, on every probe.
 QUALITATIVE_MODEL = "llava_onevision"
-QUALITATIVE_TASKS = ("fewshot_seg", "semantic_corr")
+QUALITATIVE_TASKS = ("fewshot_seg", "coseg", "semantic_seg", "referring_seg", "semantic_corr", "temporal_corr")
 
 
 def qualitative_spec(config: dict) -> dict | None:
@@ -246,14 +246,17 @@ def qualitative_spec(config: dict) -> dict | None:
     for task in QUALITATIVE_TASKS:
         dataset = config["probes"][task]["dataset"]
         stores = {name: features_path(run, name, dataset, "none") for name in (model, "siglip")}
+        stores = {model: stores[model], f"{model} projection": stores[model], "siglip": stores["siglip"]}
+        if task in TEXT_QUERY_TASKS:  # only the MLM's values share the text's space (is_probed)
+            stores = {model: stores[model]}
         tasks[task] = {
             "dataset": dataset,
             "dataset_root": dataset_root(config, dataset),
             "dataset_cfg": loader_cfg(config, dataset),
             "params": {k: v for k, v in config["probes"][task].items() if k != "dataset"},
-            "stores": {model: stores[model], f"{model} projection": stores[model], "siglip": stores["siglip"]},
+            "stores": stores,
         }
-    return {"model": model, "tasks": tasks}
+    return {"model": model, "tasks": tasks, "split_seed": config["probing"]["split_seed"]}
 
 
 def qualitative_inputs(config: dict) -> list[str]:

@@ -64,6 +64,7 @@ TABLES = ["best_layers", "paper_comparison"]
 if plan.interventions(config):
     FIGURES += ["key_variance", "prefix_probes", "correlation"]
     FIGURES += [f"key_variance_maps_{model}" for model in sorted(config["models"])]
+    FIGURES += [f"artifact_tokens_{model}" for model in sorted(config["models"])]
     TABLES += [
         "artifact_masking",
         "blocking",

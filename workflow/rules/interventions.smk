@@ -238,7 +238,7 @@ rule correlation:
         " --accuracy {input.accuracy:q} --output {output:q} > {log:q} 2>&1"
 
 
-# Figures (R-F5a, R-F5b, R-F6) and tables (R-T2, R-T3, R-T4, R-F4's numbers) of the interventions.
+# Figures (R-F5a, R-F5b, R-F5c, R-F6) and tables (R-T2, R-T3, R-T4, R-F4's numbers) of the interventions.
 
 
 rule figure_key_variance:
@@ -286,6 +286,35 @@ rule figure_key_variance_maps:
         scale=config["scale"],
     shell:
         "python -m imagekv figure key_variance_maps --input {input.results:q}"
+        " --run {wildcards.run} --scale {params.scale} --output {output.pdf:q} {output.png:q}"
+        " > {log:q} 2>&1"
+
+
+rule figure_artifact_tokens:
+    input:
+        results=plan.intervention_path("{run}", "key_variance.json", "{backbone}"),
+        code=FIGURE_CODE
+        + [
+            "src/imagekv/figures/key_variance_maps.py",
+            "src/imagekv/figures/artifact_tokens.py",
+        ],
+    output:
+        pdf="figures/{run}/artifact_tokens_{backbone}.pdf",
+        png=report(
+            "figures/{run}/artifact_tokens_{backbone}.png",
+            caption="../report/artifact_tokens.rst",
+            category="Interventions",
+        ),
+    log:
+        "logs/{run}/figures/artifact_tokens_{backbone}.log",
+    wildcard_constraints:
+        backbone="|".join(MLMS),
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        scale=config["scale"],
+    shell:
+        "python -m imagekv figure artifact_tokens --input {input.results:q}"
         " --run {wildcards.run} --scale {params.scale} --output {output.pdf:q} {output.png:q}"
         " > {log:q} 2>&1"
 

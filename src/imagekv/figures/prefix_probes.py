@@ -15,8 +15,8 @@ from pathlib import Path
 import seaborn as sns
 
 from imagekv.figures.style import METRIC_LABELS, MODEL_LABELS, Provenance, apply_style, panels, save, stamp
-from imagekv.interventions.prefix import IN_CONTEXT, condition_order, headline
-from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES
+from imagekv.interventions.prefix import IN_CONTEXT, condition_order
+from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES, headline
 from imagekv.results import read_results
 
 LAYER0_NOTE = ("Layer 0 cannot change with a prefix: a layer-0 value depends only on its own token's embedding. "

@@ -43,6 +43,8 @@ def key_variance(spec: dict, features: Path, json_output: Path, csv_output: Path
         "model": spec["model"],
         "grid": store.grid_label(),
         "nu": result.nu.tolist(),
+        # per layer and position, the mean value norm over the pool (R-F5 c); None without values
+        "value_norm_map": None if result.value_norm is None else result.value_norm.tolist(),
         "config_hash": spec_hash(spec),
         "spec": spec,
     }

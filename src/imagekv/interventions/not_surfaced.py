@@ -2,7 +2,10 @@
 
 For BLINK subtasks that compare a reference image with candidate images, the value read-out at layer
 l embeds each image from its global-grid value tokens and answers with the candidate most similar to
-the reference. A question is "not surfaced" when that read-out is right and the MLM is wrong.
+the reference. For the correspondence subtasks, whose options are points drawn on the images, it
+embeds each drawn marker from the value tokens under it (the cells of its ring) and answers with the
+candidate point most similar to the reference point. A question is "not surfaced" when that
+read-out is right and the MLM is wrong.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-# Subtask -> read-out kinds; image 0 is the reference, the others are the options in order.
-READOUT_SUBTASKS = {"Art_Style": ("mean", "gram"), "Visual_Similarity": ("mean",)}
+from imagekv.datasets.blink_markers import Marker
+from imagekv.grid import TokenGrid
+
+# Subtasks whose options are points marked on image 1 and whose reference is marked on image 0.
+MARKED_SUBTASKS = ("Visual_Correspondence", "Semantic_Correspondence", "Functional_Correspondence")
 DEFAULT_SPLIT_SEED = 0
+UNLOCATED = -1  # the read-out's choice where the markers could not be found: never right
 
 
 def _tokens(values: torch.Tensor) -> torch.Tensor:
@@ -49,6 +56,18 @@ def layer_similarities(reference: torch.Tensor, candidates: Sequence[torch.Tenso
     similarity = READOUT_KINDS[kind]
     anchor = _tokens(reference)
     return torch.stack([similarity(anchor, _tokens(candidate)) for candidate in candidates])
+
+
+def tokens_under(values: torch.Tensor, grid: TokenGrid, marker: Marker) -> torch.Tensor:
+    """[layers, n, dim] value tokens under a marker: the cell holding its centre and every cell whose
+    centre lies inside its ring."""
+    if values.shape[1:3] != (grid.rows, grid.cols):
+        raise ValueError(f"values of a {tuple(values.shape[1:3])} grid for a {grid.rows}x{grid.cols} token grid")
+    centers = grid.centers()
+    inside = np.hypot(centers[:, 0] - marker.x, centers[:, 1] - marker.y) <= marker.radius
+    row, col = grid.token_of_point(marker.x, marker.y)
+    inside[row * grid.cols + col] = True
+    return values.reshape(values.shape[0], -1, values.shape[-1])[:, torch.from_numpy(np.nonzero(inside)[0])]
 
 
 def readout_choices(similarities: torch.Tensor) -> torch.Tensor:

@@ -50,11 +50,6 @@ def condition_order(labels: Iterable[str]) -> list[str]:
     return sorted(set(labels), key=lambda label: (label.startswith(IN_CONTEXT), label != baseline_of(label), label))
 
 
-def headline(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of each task's headline metric of the value probes."""
-    return frame[(frame["metric"] == frame["task"].map(HEADLINE_METRICS)) & (frame["representation"] == "values")]
-
-
 def source_of(condition: dict):
     """The feature source a condition's probe reads: its store's values, with the text queries of
     `condition["queries"]` (the no-prefix store) when given."""

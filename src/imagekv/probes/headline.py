@@ -1,4 +1,5 @@
-"""The task keys, their display order and titles, and each task's headline metric."""
+"""The task keys, their display order and titles, each task's headline metric, and the headline rows
+of the value probes that figures and tables both select."""
 
 import pandas as pd
 
@@ -25,3 +26,9 @@ def headline_rows(frame: pd.DataFrame, prefix: str = "none") -> pd.DataFrame:
     """Rows of each task's headline metric, for one prefix."""
     wanted = frame["task"].map(HEADLINE_METRICS)
     return frame[(frame["metric"] == wanted) & (frame["prefix"] == prefix)]
+
+
+def headline(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each task's headline metric of the image-value probes, every prefix and condition."""
+    return frame[(frame["metric"] == frame["task"].map(HEADLINE_METRICS)) & (frame["representation"] == "values")]
+

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from imagekv.figures.prefix_probes import headline
 from imagekv.figures.style import MODEL_LABELS, Provenance
 from imagekv.plan import BASELINE_CONDITION as BASELINE
 from imagekv.plan import MASKING_CONDITIONS as CONDITIONS
-from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER
+from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, headline
 from imagekv.results import read_results
 from imagekv.tables import write_table
 

@@ -34,6 +34,7 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
             "not_surfaced_oracle": float(oracle["not_surfaced"]),
             "layer_oracle": str(oracle["layer"]),
             "primary": "honest" if bool(honest["primary"]) else "oracle",
+            "markers_missing": int(honest.get("markers_missing", 0)),  # correspondence questions read as wrong
         })
     return pd.DataFrame.from_records(records)
 

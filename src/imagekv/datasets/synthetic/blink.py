@@ -7,6 +7,14 @@ library writes (see imagekv.datasets.blink for which of these details are read a
 Art_Style: the right candidate shares the reference's style (texture and palette) but not its shape;
 the wrong one shares the shape in another style. Visual_Similarity: the right candidate is the same
 class of object elsewhere, the wrong one another class. Counting: how many copies of one shape.
+
+The correspondence subtasks have two images with the points drawn on them as BLINK draws them
+(imagekv.datasets.blink_markers): a ring labelled REF on the first, four rings labelled A-D on the
+second, choices "Point A".."Point D". Visual_Correspondence: the second image is another crop of the
+same scene, lit differently, and the right point is the same scene point. Semantic_Correspondence:
+the reference marks the centre of an object; the right point the centre of another object of the
+same class. Functional_Correspondence: the right point is the centre of an object of another shape
+but the same colour and texture (the same "function"). Wrong points fall anywhere else.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from imagekv.datasets.blink import PUBLISHED_SUBTASKS
+from imagekv.datasets.blink_markers import CANDIDATE_LABELS, REFERENCE_LABEL, draw_marker, marker_footprint
 from imagekv.datasets.schema import BlinkItem
 from imagekv.datasets.synthetic import SyntheticTruth
 from imagekv.datasets.synthetic.draw import (
@@ -115,13 +124,117 @@ def counting(rng: np.random.Generator, cfg: dict) -> tuple[str, list[np.ndarray]
     return f"How many {class_style(style).shape}s are in the image?", [pixels], ["1", "2", "3", "4"], count - 1
 
 
-SUBTASKS = {"Art_Style": art_style, "Visual_Similarity": visual_similarity, "Counting": counting}
+# BLINK's question wording of the correspondence subtasks (the hub's `prompt` column as public BLINK
+# users quote it; see imagekv.datasets.blink_markers); the functional one is shortened [I].
+CORRESPONDENCE_QUESTIONS = {
+    "Visual_Correspondence": (
+        "A point is circled on the first image, labeled with REF. We change the camera position or lighting and "
+        "shoot the second image. You are given multiple red-circled points on the second image, choices of "
+        '"A, B, C, D" are drawn beside each circle. Which point on the second image corresponds to the point in '
+        "the first image?"
+    ),
+    "Semantic_Correspondence": (
+        "Humans can find corresponding points for different objects in the same category. Given the following two "
+        "images, a reference point is annotated on the first image, labeled with REF. You are given multiple "
+        'red-circled points on the second image, choices of "A, B, C, D" are drawn beside each circle. Which point '
+        "is corresponding to the reference point?"
+    ),
+    "Functional_Correspondence": (
+        "Humans can find corresponding points for the same action between different objects. Given the following "
+        "two images, a reference point is annotated on the first image, labeled with REF. You are given multiple "
+        'red-circled points on the second image, choices of "A, B, C, D" are drawn beside each circle. Which point '
+        "is corresponding to the reference point, if we use both items for the same action?"
+    ),
+}
+POINT_CHOICES = [f"Point {label}" for label in CANDIDATE_LABELS]
+MAX_DRAWS = 100
+# Classes drawn under markers: none in or near the markers' red, which would swallow a ring.
+UNMARKED_CLASSES = [index for index in range(20) if class_style(index).colour not in ("red", "orange")]
+
+
+def marked_size(rng: np.random.Generator, cfg: dict) -> tuple[int, int]:
+    """Twice the twin's usual size: room for four labelled markers."""
+    height, width = random_size(rng, cfg)
+    return 2 * height, 2 * width
+
+
+def spaced_points(rng: np.random.Generator, size: tuple[int, int], taken: list, count: int) -> list:
+    """`count` random (x, y) points whose markers touch neither each other, those of `taken`, nor the border."""
+    reach = marker_footprint(size, CANDIDATE_LABELS[-1])
+    points = list(taken)
+    for _ in range(MAX_DRAWS * count):
+        point = (float(rng.uniform(reach, size[1] - reach)), float(rng.uniform(reach, size[0] - reach)))
+        if all(np.hypot(point[0] - x, point[1] - y) > 2 * reach for x, y in points):
+            points.append(point)
+            if len(points) == len(taken) + count:
+                return points[len(taken) :]
+    raise ValueError(f"cannot space {count} markers in a {size[1]}x{size[0]} image; raise datasets.blink.image_size")
+
+
+def mark(rng: np.random.Generator, reference: np.ndarray, candidates: np.ndarray, ref_point: tuple,
+         right_point: tuple, others: list) -> tuple[list[np.ndarray], int]:
+    """Both images with the REF marker and the four lettered ones drawn (the right point under a
+    random letter), and the index of that letter."""
+    answer = int(rng.integers(len(CANDIDATE_LABELS)))
+    points = list(others)
+    points.insert(answer, right_point)
+    first, second = Image.fromarray(reference), Image.fromarray(candidates)
+    draw_marker(first, ref_point, REFERENCE_LABEL)
+    for label, point in zip(CANDIDATE_LABELS, points):
+        draw_marker(second, point, label)
+    return [np.array(first), np.array(second)], answer
+
+
+def visual_correspondence(rng: np.random.Generator, cfg: dict) -> tuple[str, list[np.ndarray], list[str], int]:
+    height, width = marked_size(rng, cfg)
+    shift = (int(rng.integers(8, height // 4)), int(rng.integers(8, width // 4)))
+    canvas = (height + shift[0], width + shift[1])
+    styles = [int(s) for s in rng.choice(UNMARKED_CLASSES, size=3, replace=False)]
+    scene = render(rng, canvas, [random_placement(rng, class_style(s), canvas) for s in styles])[0]
+    first = scene[:height, :width]
+    second = np.clip(scene[shift[0] :, shift[1] :] * rng.uniform(0.75, 1.25), 0, 255).astype(np.uint8)
+    # the reference: a point both crops show, away from their borders
+    (point,) = spaced_points(rng, (height - shift[0], width - shift[1]), [], 1)
+    ref_point = (point[0] + shift[1], point[1] + shift[0])
+    others = spaced_points(rng, (height, width), [point], len(CANDIDATE_LABELS) - 1)
+    images, answer = mark(rng, first, second, ref_point, point, others)
+    return CORRESPONDENCE_QUESTIONS["Visual_Correspondence"], images, list(POINT_CHOICES), answer
+
+
+def object_correspondence(subtask: str, same_shape: bool):
+    """Semantic (same class) or functional (same colour and texture, other shape) correspondence."""
+
+    def draw(rng: np.random.Generator, cfg: dict) -> tuple[str, list[np.ndarray], list[str], int]:
+        size = marked_size(rng, cfg)
+        style, clutter = (int(s) for s in rng.choice(UNMARKED_CLASSES, size=2, replace=False))
+        reference = random_placement(rng, class_style(style), size)
+        first = render(rng, size, [random_placement(rng, class_style(clutter), size), reference])[0]
+        own = class_style(style)
+        shape = own.shape if same_shape else str(rng.choice([s for s in SHAPES if s != own.shape]))
+        right = random_placement(rng, Style(shape, own.colour, own.texture), size)
+        second = render(rng, size, [random_placement(rng, class_style(clutter), size), right])[0]
+        others = spaced_points(rng, size, [right.center], len(CANDIDATE_LABELS) - 1)
+        images, answer = mark(rng, first, second, reference.center, right.center, others)
+        return CORRESPONDENCE_QUESTIONS[subtask], images, list(POINT_CHOICES), answer
+
+    return draw
+
+
+SUBTASKS = {
+    "Art_Style": art_style,
+    "Visual_Similarity": visual_similarity,
+    "Counting": counting,
+    "Visual_Correspondence": visual_correspondence,
+    "Semantic_Correspondence": object_correspondence("Semantic_Correspondence", same_shape=True),
+    "Functional_Correspondence": object_correspondence("Functional_Correspondence", same_shape=False),
+}
 
 
 def jpeg(pixels: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """JPEG bytes of `pixels` and the pixels they decode to (what a reader of the file sees)."""
+    """JPEG bytes of `pixels` and the pixels they decode to (what a reader of the file sees). Colour at
+    full resolution (4:4:4): chroma subsampling would bleed the thin red markers into saturated objects."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     return buffer.getvalue(), np.array(Image.open(io.BytesIO(buffer.getvalue())))
 
 
