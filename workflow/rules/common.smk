@@ -48,7 +48,8 @@ def as_json(spec):
     """A job's spec as one canonical JSON string: Snakemake reruns the job when it changes. In a
     shell command, `{params.spec:q}` becomes `@FILE` (a content-addressed copy), which `--spec` reads:
     a long spec would exceed the 128 KiB limit on one argument (imagekv.jobspec). Give it as a
-    function (`spec=lambda wc: as_json(...)`): Snakemake copies a plain string param into a str."""
+    function (`spec=lambda wc: as_json(...)`): Snakemake copies a plain string param into a str.
+    """
     return JobSpec(canonical_json(spec))
 
 
