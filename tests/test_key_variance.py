@@ -85,12 +85,7 @@ def test_nu_maps_show_the_grid_in_raster_order_and_mark_the_flagged_positions(tm
     result = stats.result()
     record = {"model": "llava_onevision", "grid": "2x3", "layers": [0, 5], "tau": 0.1, "num_images": 8,
               "nu": result.nu.tolist(), "spec": {"dataset": "coco_pool", "prefix": "none"}}
-    write_json(tmp_path / "kv.json", record)
-    drawn = []
-    monkeypatch.setattr(key_variance_maps, "save", lambda fig, outputs: drawn.append(fig))
-    key_variance_maps.plot(tmp_path / "kv.json", [tmp_path / "maps.png"], "smoke", "smoke")
-    (fig,) = drawn
-    panel = fig.axes[0]
+    panel = _first_panel(key_variance_maps, record, tmp_path, monkeypatch)
     image = panel.images[0].get_array()
     assert image.shape == (2, 3) and image.argmin() == 3
     assert panel.collections[0].get_offsets().tolist() == [[0.0, 1.0]]  # x = col 0, y = row 1
@@ -139,12 +134,7 @@ def test_artifact_tokens_show_each_positions_value_norm_and_mark_the_flagged_one
     record = {"model": "llava_onevision", "grid": "2x3", "layers": [0, 5], "tau": 0.1, "num_images": 8,
               "nu": result.nu.tolist(), "value_norm_map": result.value_norm.tolist(),
               "spec": {"dataset": "coco_pool", "prefix": "none"}}
-    write_json(tmp_path / "kv.json", record)
-    drawn = []
-    monkeypatch.setattr(artifact_tokens, "save", lambda fig, outputs: drawn.append(fig))
-    artifact_tokens.plot(tmp_path / "kv.json", [tmp_path / "tokens.png"], "smoke", "smoke")
-    (fig,) = drawn
-    panel = fig.axes[0]
+    panel = _first_panel(artifact_tokens, record, tmp_path, monkeypatch)
     image = panel.images[0].get_array()
     assert image.shape == (2, 3) and image.argmax() == 3 and image.max() == pytest.approx(20.0)  # ||(10,10,10,10)||
     assert panel.collections[0].get_offsets().tolist() == [[0.0, 1.0]]
@@ -153,3 +143,13 @@ def test_artifact_tokens_show_each_positions_value_norm_and_mark_the_flagged_one
     write_json(tmp_path / "kv.json", record)
     with pytest.raises(ValueError, match="no value_norm_map"):
         artifact_tokens.plot(tmp_path / "kv.json", [tmp_path / "tokens.png"], "smoke", "smoke")
+
+
+def _first_panel(figure_module, record: dict, tmp_path, monkeypatch):
+    """The first panel of the figure `figure_module` draws from a key-variance record."""
+    write_json(tmp_path / "kv.json", record)
+    drawn = []
+    monkeypatch.setattr(figure_module, "save", lambda fig, outputs: drawn.append(fig))
+    figure_module.plot(tmp_path / "kv.json", [tmp_path / "figure.png"], "smoke", "smoke")
+    (fig,) = drawn
+    return fig.axes[0]
