@@ -1,7 +1,8 @@
 """One bad input of each kind issue 16 lists, through the entry point a user reaches it by: the
 command line (`python -m imagekv ...`, run in process), Snakemake, a dataset check
 (`check-dataset`'s `check_dataset`), a feature-store read, a download. Each case asserts the input is
-refused (or, where there is a right answer, handled) with a message naming the file, key or item.
+refused (or, where there is a right answer, handled) with a message naming the file, key or item, and
+that a refused command leaves no output or staging file behind.
 
 Kinds, by outcome: 56 refused naming the file/key/item, 1 handled correctly (`HANDLED`); the count
 is checked at the bottom so that a case added or removed updates it.
@@ -457,6 +458,17 @@ def test_a_bad_input_is_refused_naming_what_is_wrong(case, tmp_path, capsys, req
         assert message == HANDLED
     else:
         assert re.search(case.names, message), f"{case.kind}: the message names nothing expected:\n{message}"
+        assert left_behind(tmp_path) == [], f"{case.kind}: a refused input left output behind"
+
+
+# What the cases' commands are told to write, and the staging names of downloads and datasets.
+OUTPUT_NAMES = {"o.csv", "a.csv", "m.csv", "f.pdf", "t.csv", "t.md", "t.tex", "x"}
+
+
+def left_behind(root: Path) -> list[str]:
+    """Outputs or staging files a refused command left: nothing half-written may look complete."""
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*")
+                  if path.name in OUTPUT_NAMES or path.name.endswith((".partial", ".unpacking")))
 
 
 def test_the_suite_counts_its_kinds():
