@@ -26,7 +26,7 @@ NOT_SOURCES = shutil.ignore_patterns(
     "report.html", "outputs",
 )
 OUTPUT_DIRS = ("data", "results", "figures", "paper_tables")
-RUN_TIMEOUT = 1200  # seconds for one smoke run (a few minutes on 2 cores)
+RUN_TIMEOUT = 2400  # seconds for one smoke run: about 210 jobs, 10-20 min on 2 cores (CI allows 90)
 JOB_HEADER = re.compile(r"^(?:local)?rule (\w+):$", flags=re.M)
 
 
