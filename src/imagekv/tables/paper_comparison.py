@@ -14,7 +14,7 @@ import yaml
 
 from imagekv.figures.style import Provenance
 from imagekv.pairing import parse as parse_pairing
-from imagekv.results import COLUMNS, read_results
+from imagekv.results import COLUMNS, read_results, read_table
 from imagekv.tables import write_table
 
 CAPTION = "Numbers reported by the paper against this replication (fractions; difference = replication - paper)"
@@ -118,6 +118,9 @@ def write(
     """`pairing` (imagekv.pairing): the footer says which MLM has no public encoder of its own."""
     entries = load_reported(reported)
     paths = result_tables(reported, run)
-    tables = {table_name(path, run): read_results(path) for path in paths}
+    tables = {}
+    for path in paths:  # the probe results with their tidy columns; the interventions' tables as they are
+        name = table_name(path, run)
+        tables[name] = read_results(path) if name == PROBES_TABLE else read_table(path)
     provenance = Provenance.from_results(tables[PROBES_TABLE], run, scale, pairing=parse_pairing(pairing))
     write_table(compare(entries, tables), stem, CAPTION, provenance)
