@@ -300,3 +300,22 @@ def test_comparison_reads_a_named_column_of_another_result_table():
     assert row["replication"] == 0.25 and row["difference"] == pytest.approx(0.25 - 0.333)
     with pytest.raises(ValueError, match=r"has no column\(s\) \['readout'\]"):
         paper_comparison.replicated_value(frame, {**selector, "where": {"readout": "gram"}}, "x")
+
+
+def test_comparison_reads_a_key_of_a_json_record():
+    record = {"projection_quality": {"spearman": -0.5, "pearson": None}}
+    entries = [{"id": i, "quantity": "q", "source": "s", "reported": None,
+                "replicated": {"record": "interventions/correlation", "key": f"projection_quality.{key}"}}
+               for i, key in (("rho", "spearman"), ("r", "pearson"))]
+    table = paper_comparison.compare(entries, {"interventions/correlation": record}).set_index("id")
+    assert table.loc["rho", "replication"] == -0.5 and table.loc["rho", "status"] == "not reported by the paper"
+    assert table.loc["r", "status"] == "no matching rows in this run"  # null: undefined over too few models
+    with pytest.raises(ValueError, match=r"x: record interventions/correlation has no key 'lm_gain.rho'"):
+        paper_comparison.record_value(record, {"record": "interventions/correlation", "key": "lm_gain.rho"}, "x")
+
+
+def test_every_reported_entry_reads_a_rule_output():
+    entries = paper_comparison.load_reported(ROOT / "config" / "paper_reported.yaml")
+    assert all(entry["replicated"] for entry in entries)
+    inputs = paper_comparison.result_tables(ROOT / "config" / "paper_reported.yaml", "smoke")
+    assert "results/smoke/interventions/correlation.json" in inputs

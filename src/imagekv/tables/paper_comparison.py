@@ -1,7 +1,8 @@
 """The numbers the paper reports against ours, with the difference (config/paper_reported.yaml).
 
 Each entry of the file names the paper's number (or null when it could not be read), where in the
-paper it comes from, and which rows of one of our tidy result tables give the same quantity. The
+paper it comes from, and which rows of one of our tidy result tables give the same quantity (or, for
+a summary a rule writes as a JSON record such as E2's correlations, which key of that record). The
 table lists every entry, so the unknown ones stay visible as such.
 """
 
@@ -13,6 +14,7 @@ import pandas as pd
 import yaml
 
 from imagekv.figures.style import Provenance
+from imagekv.io import read_json
 from imagekv.pairing import parse as parse_pairing
 from imagekv.results import COLUMNS, read_results, read_table
 from imagekv.tables import write_table
@@ -20,6 +22,7 @@ from imagekv.tables import write_table
 CAPTION = "Numbers reported by the paper against this replication (fractions; difference = replication - paper)"
 ENTRY_KEYS = {"id", "quantity", "source", "reported", "replicated"}
 SELECTOR_KEYS = {"table", "statistic", "where", "column"}
+RECORD_KEYS = {"record", "key"}  # a JSON record's value: key is a dotted path into it
 PROBES_TABLE = "probes"  # also the source of the footer's provenance
 STATISTICS = ("max", "value")
 
@@ -49,6 +52,10 @@ def load_reported(path: str | Path) -> list[dict]:
 def _check_selector(path, name: str, selector: dict | None) -> None:
     if selector is None:
         return
+    if "record" in selector:
+        if set(selector) != RECORD_KEYS or not isinstance(selector["key"], str):
+            raise ValueError(f"{path}: {name}: a record selector needs exactly record and key (a dotted path)")
+        return
     if not {"table", "statistic", "where"} <= set(selector) <= SELECTOR_KEYS:
         raise ValueError(f"{path}: {name}: replicated needs table, statistic and where (and may name a column)")
     if selector["statistic"] not in STATISTICS:
@@ -65,9 +72,12 @@ def table_name(path: str, run: str) -> str:
 
 
 def result_tables(reported: str | Path, run: str) -> list[str]:
-    """The tidy result tables the entries read: the comparison rule's inputs besides the file."""
-    tables = {entry["replicated"]["table"] for entry in load_reported(reported) if entry["replicated"]} | {PROBES_TABLE}
-    return [f"results/{run}/{table}.csv" for table in sorted(tables)]
+    """The tidy result tables and JSON records the entries read: the comparison rule's inputs
+    besides the file."""
+    selectors = [entry["replicated"] for entry in load_reported(reported) if entry["replicated"]]
+    tables = {s["table"] for s in selectors if "table" in s} | {PROBES_TABLE}
+    records = {s["record"] for s in selectors if "record" in s}
+    return sorted([f"results/{run}/{table}.csv" for table in tables] + [f"results/{run}/{r}.json" for r in records])
 
 
 def replicated_value(frame: pd.DataFrame, selector: dict, name: str) -> float:
@@ -86,11 +96,33 @@ def replicated_value(frame: pd.DataFrame, selector: dict, name: str) -> float:
     return float(rows[column].max())
 
 
-def compare(entries: list[dict], tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def record_value(record: dict, selector: dict, name: str) -> float:
+    """The number at the selector's dotted key of a JSON record; NaN where the record holds null
+    (e.g. a correlation undefined over too few models)."""
+    value = record
+    for part in selector["key"].split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f"{name}: record {selector['record']} has no key {selector['key']!r} (at {part!r})")
+        value = value[part]
+    if value is not None and not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: {selector['record']}: {selector['key']} is not a number")
+    return float("nan") if value is None else float(value)
+
+
+def _ours(selector: dict | None, tables: dict, name: str) -> float:
+    if selector is None:
+        return float("nan")
+    if "record" in selector:
+        return record_value(tables[selector["record"]], selector, name)
+    return replicated_value(tables[selector["table"]], selector, name)
+
+
+def compare(entries: list[dict], tables: dict[str, pd.DataFrame | dict]) -> pd.DataFrame:
+    """`tables`: each result table (a frame) and JSON record (a dict) by its name under results/{run}."""
     records = []
     for entry in entries:
         selector = entry["replicated"]
-        ours = float("nan") if selector is None else replicated_value(tables[selector["table"]], selector, entry["id"])
+        ours = _ours(selector, tables, entry["id"])
         paper = float("nan") if entry["reported"] is None else float(entry["reported"])
         records.append({
             "id": entry["id"],
@@ -121,6 +153,9 @@ def write(
     tables = {}
     for path in paths:  # the probe results with their tidy columns; the interventions' tables as they are
         name = table_name(path, run)
-        tables[name] = read_results(path) if name == PROBES_TABLE else read_table(path)
+        if path.endswith(".json"):
+            tables[name] = read_json(path)
+        else:
+            tables[name] = read_results(path) if name == PROBES_TABLE else read_table(path)
     provenance = Provenance.from_results(tables[PROBES_TABLE], run, scale, pairing=parse_pairing(pairing))
     write_table(compare(entries, tables), stem, CAPTION, provenance)
