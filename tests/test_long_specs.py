@@ -7,6 +7,7 @@ the params keep the spec itself, so Snakemake still reruns a job whose spec chan
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ import yaml
 
 from imagekv.jobspec import JobSpec, read_spec, spec_file
 
-from workflow_runs import failure_details, fresh_copy, snakemake
+from workflow_runs import failure_details, fresh_copy, jobs_run, snakemake
 
 MAX_ARG_STRLEN = 32 * 4096  # linux/binfmts.h: the longest single argument execve accepts
 
@@ -42,8 +43,10 @@ def test_a_bad_spec_argument_is_refused_naming_it(tmp_path, argument, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_spec_over_the_argument_limit_goes_through_a_real_rule(tmp_path):
+def test_a_spec_over_the_argument_limit_goes_through_a_real_rule(tmp_path, smoke_datasets):
     project = fresh_copy(tmp_path / "project")
+    # the preflight's inputs, already synthesized: only the preflight itself runs
+    shutil.copytree(smoke_datasets, project / "data" / "synthetic")
     sentence = "Describe the picture and every object in it carefully. "
     prefixes = {f"long{i:02d}": (sentence * 80)[:4000] for i in range(40)}
     assert sum(map(len, prefixes.values())) > MAX_ARG_STRLEN  # the preflight's spec holds every prefix
@@ -53,6 +56,7 @@ def test_a_spec_over_the_argument_limit_goes_through_a_real_rule(tmp_path):
 
     result = snakemake(["--cores", "1", *config, *target], project)
     assert result.returncode == 0, failure_details(result)
+    assert jobs_run(result) == {"preflight": 1}
     assert "Argument list too long" not in (project / "logs/smoke/preflight.log").read_text()
     spec_files = list((project / ".snakemake/imagekv_specs").glob("*.json"))
     assert max(len(path.read_bytes()) for path in spec_files) > MAX_ARG_STRLEN

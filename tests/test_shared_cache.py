@@ -75,15 +75,18 @@ def test_a_second_user_reads_the_store_the_first_put_in_the_cache(tmp_path, shar
             assert store.features(image_id, representation).numel() > 0
 
 
-def test_outputs_follow_the_umask(tmp_path):
+def test_outputs_follow_the_umask(tmp_path, smoke_datasets):
     """Outside the cache too: a store written under umask 002 is 0664/0775 (022 gives 0644/0755)."""
     umask = 0o002
     project = fresh_copy(tmp_path / "project")
+    dataset = Path(STORE).parts[3]
+    shutil.copytree(smoke_datasets / dataset, project / "data" / "synthetic" / dataset)  # only the store is made here
     result = subprocess.run(
         ["timeout", "-k", "10", "900", str(BIN / "snakemake"), "--cores", "1", "--", STORE],
         cwd=project, env=tool_env(), capture_output=True, text=True, timeout=960, preexec_fn=lambda: os.umask(umask),
     )
     assert result.returncode == 0, failure_details(result)
+    assert jobs_run(result) == {"extract_features": 1}
     store = project / STORE
     for path in [store, *store.rglob("*")]:
         expected = (0o777 if path.is_dir() else 0o666) & ~umask

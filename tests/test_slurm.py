@@ -1,9 +1,12 @@
 """One vertical slice of the smoke run (synthetic data -> GPU extraction -> CPU probes), submitted
 through workflow/profiles/slurm to a one-node Slurm cluster on localhost. A slice, not the whole
-run: every rule kind is covered, and Slurm's scheduling latency per job keeps the test short."""
+run: every rule kind is covered, and Slurm's scheduling latency per job keeps the test short. The
+datasets only the preflight reads are copied in as synthesized (tests/conftest.py, smoke_datasets); the
+preflight's report is among the outputs compared with the local run."""
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,10 +23,10 @@ SLICE = [
     "results/smoke/llava_onevision/pascal5i/probe/none/projection.csv",
     "results/smoke/oracle/pascal5i/probe/none/oracle.csv",
 ]
-# The MLM extraction waits for the preflight, which reads every dataset an MLM prompt is built from.
-SLICE_JOBS = {
-    "synthesize_dataset": len(plan.preflight_inputs(SMOKE_CONFIG)), "preflight": 1, "extract_features": 2, "probe": 3,
-}
+# The MLM extraction waits for the preflight, which reads every dataset an MLM prompt is built from:
+# those the slice does not probe are copied in already synthesized, so one synthesis job is enough.
+SYNTHESIZED = "pascal5i"
+SLICE_JOBS = {"synthesize_dataset": 1, "preflight": 1, "extract_features": 2, "probe": 3}
 # What differs between the test cluster and a production one: no accounting database (so squeue
 # for status, no account), less memory than the profile asks for, and no patience needed.
 TEST_CLUSTER_OPTIONS = [
@@ -52,8 +55,11 @@ def slurm_jobs_by_rule(project: Path, cluster: SlurmCluster) -> dict[str, list[d
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, tmp_path_factory):
+def slurm_run(slurm_cluster, tmp_path_factory, smoke_datasets):
     project = fresh_copy(tmp_path_factory.mktemp("slurm") / "project")
+    for dataset in plan.preflight_inputs(SMOKE_CONFIG):
+        if Path(dataset).name != SYNTHESIZED:
+            shutil.copytree(smoke_datasets / Path(dataset).name, project / dataset)
     profile = ["--workflow-profile", "workflow/profiles/slurm", *TEST_CLUSTER_OPTIONS]
     result = snakemake([*SLICE, *profile], project, env=slurm_cluster.env(tool_env()))
     assert result.returncode == 0, failure_details(result)
