@@ -27,7 +27,7 @@ Snakemake job stays its own job, with its own log, params and exit status:
   starts it (detached, its output in <key>.log, no pipe of the caller held) under an flock, so
   concurrent clients start one; the others wait for it. When it cannot start within START_TIMEOUT,
   or the folder is not safe, the client says so on stderr and runs the command in its own process.
-  The server exits after $IMAGEKV_WORKER_IDLE seconds (default 60) without a command.
+  The server exits when no command has run for $IMAGEKV_WORKER_IDLE seconds (default 60).
 - IMAGEKV_WORKER=off runs every command in its own process, as before. A `matplotlibrc` in the
   working directory (which matplotlib reads at import) also makes the client run in-process.
 """
@@ -259,10 +259,11 @@ def serve(base: str, path: str) -> None:
         for event, _ in selector.select(timeout=0.2):
             if event.fileobj is listener:
                 _accept(listener, selector, children)
-                last_active = time.monotonic()
             else:
                 _client_message(event.fileobj, event.data, selector)
         _reap(children, selector)
+        if children:
+            last_active = time.monotonic()  # idle counts from the end of the last command
     with _ignoring(OSError):
         if os.stat(socket_path).st_ino == inode:  # not a newer server's socket
             os.unlink(socket_path)
