@@ -21,13 +21,17 @@ Snakemake job stays its own job, with its own log, params and exit status:
   are byte-identical with and without the worker (tests/test_worker.py).
 - One server per user and environment: its key hashes the interpreter, its flags, sys.path (without
   the script's folder), this file, and every environment variable the preimported libraries may read
-  at import time (KEY_VARIABLES). Another venv, PYTHONPATH or thread count gets its own server.
+  at import time (KEY_VARIABLES), and the cgroup. Another venv, PYTHONPATH or thread count (Snakemake
+  sets OMP_NUM_THREADS to each job's threads) gets its own server.
 - The socket lives in a 0700 folder of the user ($IMAGEKV_WORKER_DIR, else $XDG_RUNTIME_DIR/imagekv,
   else /tmp/imagekv-<uid>); the server accepts only its own uid (SO_PEERCRED). The first client
   starts it (detached, its output in <key>.log, no pipe of the caller held) under an flock, so
   concurrent clients start one; the others wait for it. When it cannot start within START_TIMEOUT,
   or the folder is not safe, the client says so on stderr and runs the command in its own process.
   The server exits when no command has run for $IMAGEKV_WORKER_IDLE seconds (default 60).
+- A child runs in its server's control group (cgroup), so clients in another cgroup get another
+  server; inside a Slurm job (SLURM_JOB_ID), where each job is its own cgroup that the scheduler ends
+  with the job, every command runs in its own process.
 - IMAGEKV_WORKER=off runs every command in its own process, as before. A `matplotlibrc` in the
   working directory (which matplotlib reads at import) also makes the client run in-process.
 """
@@ -90,7 +94,7 @@ def main(entry: str = "imagekv.cli:main") -> None:
     mode = os.environ.get("IMAGEKV_WORKER", "on")
     if mode not in ("on", "off"):
         raise SystemExit(f"IMAGEKV_WORKER={mode!r}: expected 'on' (the default) or 'off'")
-    if mode == "off":
+    if mode == "off" or "SLURM_JOB_ID" in os.environ:
         return _call(entry)
     for _ in range(2):  # a server that was just exiting may drop a connection it never started
         try:
@@ -166,8 +170,17 @@ def server_key(path: list[str] | None = None, environ: dict[str, str] | None = N
         "python": sys.executable, "flags": subprocess._args_from_interpreter_flags(), "path": path,
         "worker": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(), "uid": os.getuid(),
         "env": sorted((name, value) for name, value in environ.items() if name.startswith(KEY_VARIABLES)),
+        "cgroup": _cgroup(),
     }
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+
+
+def _cgroup() -> str:
+    """This process's control groups: a child runs in its server's, whose limits and end it shares."""
+    try:
+        return Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return ""
 
 
 def worker_dir() -> Path:
