@@ -157,3 +157,14 @@ def test_without_a_safe_folder_the_command_runs_in_the_client(tmp_path, unsafe):
     assert json.loads(stdout)["pid"] == job.pid
     assert "no worker" in stderr and str(place) in stderr
     assert not list(tmp_path.glob("sockets/*.sock"))
+
+
+def test_an_interrupt_reaches_the_command_as_in_its_own_process(folder):
+    job = subprocess.Popen(client("sleep"), env=worker_env(folder), cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    job.stdout.readline()  # the command runs
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=TIMEOUT)
+    assert job.returncode == -signal.SIGINT  # python ends by SIGINT on an unhandled KeyboardInterrupt
+    assert stderr.splitlines()[-1] == "KeyboardInterrupt"
+    assert "worker.py" not in stderr  # the traceback python prints, without the worker's frames
