@@ -120,22 +120,33 @@ def _run_remote(conn: socket.socket, entry: str) -> tuple[str, int]:
         "entry": entry, "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path,
         "umask": _umask(), "nice": os.getpriority(os.PRIO_PROCESS, 0), "cpus": sorted(os.sched_getaffinity(0)),
     }).encode()
+
+    pending: list[int] = []  # signals that came before the request was sent whole
+
+    def forward(number, _frame):
+        if pending is None:
+            with _ignoring(OSError):
+                conn.sendall(f"signal {number}\n".encode())
+        else:
+            pending.append(number)
+
+    previous = {number: signal.signal(number, forward) for number in FORWARDED_SIGNALS}
     try:
         socket.send_fds(conn, [HEADER.pack(len(request))], [0, 1, 2])
         conn.sendall(request)
+        queued, pending = pending, None  # the server passes signals on to the child from now on
+        for number in queued:
+            conn.sendall(f"signal {number}\n".encode())
         replies = conn.makefile("rb")
         started = replies.readline()
+        if not started.startswith(b"started "):
+            raise OSError(errno.ECONNRESET, "closed before starting the command")
     except OSError as error:
+        for number, handler in previous.items():  # this process may run the command itself: as before
+            signal.signal(number, handler)
+        for number in pending or ():
+            os.kill(os.getpid(), number)
         raise NotStarted(f"the server dropped the connection: {error}") from None
-    if not started.startswith(b"started "):
-        raise NotStarted("the server closed the connection before starting the command")
-
-    def forward(number, _frame):
-        with _ignoring(OSError):
-            conn.sendall(f"signal {number}\n".encode())
-
-    for number in FORWARDED_SIGNALS:
-        signal.signal(number, forward)
     outcome = replies.readline().split()
     if len(outcome) != 2 or outcome[0] not in (b"exit", b"signal"):
         print("imagekv: the worker process of this command ended without an exit status", file=sys.stderr)
@@ -466,7 +477,7 @@ def _report_uncaught() -> None:
     kind, error, trace = sys.exc_info()
     while trace is not None and trace.tb_frame.f_code.co_filename == __file__:
         trace = trace.tb_next
-    sys.excepthook(kind, error, trace)
+    sys.excepthook(kind, error.with_traceback(trace), trace)
 
 
 def _exit_code(code) -> int:
