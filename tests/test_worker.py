@@ -1,7 +1,8 @@
 """The warm worker (imagekv.worker): a command run through it behaves as in its own process.
 
 Each test runs real clients (`python -c` calling imagekv.worker.main, or `python -m imagekv`) against
-real servers in a private folder; the servers are stopped by their pid files at the end."""
+real servers in a private folder; the servers stay up for the whole module (one start, not one per
+test) and are stopped by their pid files at the end."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def run(args: list[str], env: dict[str, str], cwd: Path = ROOT, **extra) -> subp
 def worker_env(folder: Path, **variables: str) -> dict[str, str]:
     env = tool_env()
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env["PYTHONPATH"]])
-    env.update(IMAGEKV_WORKER_DIR=str(folder), IMAGEKV_WORKER_IDLE="60", **variables)
+    env.update(IMAGEKV_WORKER_DIR=str(folder), IMAGEKV_WORKER_IDLE="600", **variables)
     env.pop("IMAGEKV_WORKER", None)
     return env
 
