@@ -36,12 +36,13 @@ def store_digests(store: Path) -> dict[str, str]:
 
 
 def extract_at_once(spec: dict, stores: list[Path], threads: tuple[int, ...]) -> None:
-    """`python -m imagekv extract` into each store, all processes started before any is awaited."""
+    """`python -m imagekv extract` into each store, all processes started before any is awaited; each a fresh
+    interpreter (IMAGEKV_WORKER=off), not a child of the warm worker (imagekv.worker)."""
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "imagekv", "extract", "--spec", json.dumps(spec), "--output", str(store),
              "--threads", str(count)],
-            env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**tool_env(), "IMAGEKV_WORKER": "off"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         for store, count in zip(stores, threads, strict=True)
     ]
