@@ -30,7 +30,10 @@ import torch
 import torch.nn.functional as F
 
 
-FORCING = 0.5  # CG stops at residual FORCING * |g|; 0.3-0.9 all cost about the same here
+SQUARES_CHUNK = 512  # tokens squared at a time for the preconditioner (2 MB at 2 x 512-d)
+# CG stops at residual FORCING * |g|. On the T1 benchmark 0.1 needs 8 % fewer passes over the
+# features than 0.5 and a quarter fewer Newton steps (each with its line search); 0.05-0.3 about the same.
+FORCING = 0.1
 
 
 @dataclass
@@ -109,11 +112,21 @@ class _Centred:
 
     def __init__(self, features: torch.Tensor):
         self.features = features  # [L, n, d]
-        self.mean = features.mean(dim=1)  # [L, d]
-        # Per-feature sum of squares of the centred features, for the Jacobi preconditioner.
-        # (square().sum over tokens: vector_norm over a non-last dimension is 12x slower on CPU)
-        squares = features.square().sum(dim=1) - features.shape[1] * self.mean.square()
-        self.column_sq = squares.clamp_min(0.0)  # [L, d]; the subtraction can round below zero
+        num_layers, n, dim = features.shape
+        # Sums over the tokens as products with a row of ones: on CPU a reduction over a non-last
+        # dimension runs well below a product's speed (mean 1.5x, square().sum 2-4x slower).
+        ones = features.new_ones(num_layers, 1, n)
+        self.mean = torch.bmm(ones, features).squeeze(1) / n  # [L, d]
+        # Per-feature sum of squares of the centred features, for the Jacobi preconditioner,
+        # squared chunk by chunk into one small buffer (a fresh [L, n, d] copy costs page faults).
+        squares = features.new_zeros(num_layers, 1, dim)
+        buffer = features.new_empty(num_layers, min(n, SQUARES_CHUNK), dim)
+        for start in range(0, n, SQUARES_CHUNK):
+            chunk = features[:, start : start + SQUARES_CHUNK]
+            squared = torch.mul(chunk, chunk, out=buffer[:, : chunk.shape[1]])
+            squares.baddbmm_(ones[:, :, : chunk.shape[1]], squared)
+        # [L, d]; the subtraction can round below zero
+        self.column_sq = (squares.squeeze(1) - n * self.mean.square()).clamp_min(0.0)
 
     def times(self, v: torch.Tensor) -> torch.Tensor:
         """(X - mean) v: [L, d] -> [L, n]. Written as row vector times X^T: on CPU this batched
