@@ -47,14 +47,13 @@ Probes (`ProbePlant`): the image information of the values is left in one layer 
 layer but INFO_LAYER (the planted peak, below PLANTED_FROM), v_proj's output at the image tokens is
 replaced by Gaussian noise of the replaced values' spread, drawn from a generator seeded by a hash
 of the prompt's input embeddings (so it differs from image to image and is reproducible, yet no
-probe can read the image from it); in the E4 layers only KV head 1 is replaced, head 0 keeping
-E4's input-agnostic values. INFO_LAYER
-keeps the twin's own values, which carry the image (the residual stream still holds the projected
-image tokens). In NULL_MODEL, INFO_LAYER is replaced too: its image values carry no information in
-any layer. Consequences: the probes' best layer of every other model is INFO_LAYER, and the null
-model's best score is at the noise backbone's (the calibration `noise`: random features). Keys, the
-projection, the tower and the text tokens are untouched, and the E4 answer reads the input
-embeddings, so E4's controls are unchanged.
+probe can read the image from it); in the E4 layers only KV head 1 is replaced, head 0 keeping E4's
+input-agnostic values. INFO_LAYER keeps the twin's own values, which carry the image (the residual
+stream still holds the projected image tokens). In NULL_MODEL, INFO_LAYER is replaced too: its image
+values carry no information in any layer. Consequences: the probes' best layer of every other model
+is INFO_LAYER, and the null model's best score is at the noise backbone's (the calibration `noise`:
+random features). Keys, the projection, the tower and the text tokens are untouched, and the E4
+answer reads the input embeddings, so E4's controls are unchanged.
 """
 
 from __future__ import annotations
