@@ -3,17 +3,23 @@ breaking the experiment that should recover one makes its control fail (mutation
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 import yaml
 
 from imagekv import plan
+from imagekv.cli import main as imagekv_cli
 from imagekv.config import merge_configs
+from imagekv.extract import extract_store
 from imagekv.interventions.blink_run import blink_accuracy, blink_answers
-from imagekv.interventions.controls import blocking_rows, detection_rows
+from imagekv.interventions.controls import blocking_rows, detection_rows, probe_rows
 from imagekv.interventions.key_variance_run import key_variance
 from imagekv.io import read_json, write_json
-from imagekv.models.planted import PLANTED_OFFSETS
-from imagekv.results import read_table
+from imagekv.models import planted
+from imagekv.models.planted import NULL_MODEL, PLANTED_OFFSETS
+from imagekv.results import read_results, read_table
 from workflow_runs import fresh_copy, snakemake
 
 pytestmark = pytest.mark.slow
@@ -37,6 +43,9 @@ def test_every_control_passes(controls_run):
     rows = read_table(copy / plan.intervention_path("controls", "controls.csv"))
     expected = {(model, control) for model in config["models"]
                 for control in ("precision", "recall", "ell0", "flagged Δ accuracy", "random Δ accuracy")}
+    expected |= {(model, f"best layer: {task}") for model in config["models"] if model != NULL_MODEL
+                 for task in plan.CONTROL_PROBE_TASKS}
+    expected |= {(NULL_MODEL, f"null score: {task}") for task in plan.CONTROL_PROBE_TASKS}
     assert set(zip(rows["model"], rows["control"])) == expected
     failing = rows[~rows["pass"].astype(bool)]
     assert failing.empty, failing.to_string()
@@ -80,3 +89,45 @@ def test_blocking_the_wrong_keys_fails_its_control(controls_run, tmp_path, monke
     rows = {row["control"]: row for row in blocking_rows(read_table(tmp_path / "accuracy.csv"))}
     assert not rows["flagged Δ accuracy"]["pass"]
     assert rows["random Δ accuracy"]["pass"]
+
+
+@pytest.mark.parametrize(
+    ("mutation", "model"),
+    [("plant_elsewhere", "qwen2_5_vl"), ("null_informed", NULL_MODEL)],
+)
+def test_a_moved_or_missing_probe_plant_fails_its_control(controls_run, tmp_path, monkeypatch, mutation, model):
+    """Mutation of the probes' plant, re-extracted and re-probed: the information planted in layer 0
+    instead of INFO_LAYER moves the best layer found there, and a null model whose INFO_LAYER keeps
+    its information scores above the noise bound's tolerance."""
+    copy, config = controls_run
+    monkeypatch.chdir(copy)
+    if mutation == "plant_elsewhere":
+        monkeypatch.setattr(planted, "INFO_LAYER", 0)
+    else:
+        monkeypatch.setattr(planted, "NULL_MODEL", "no model")
+    rows = []
+    for task in plan.CONTROL_PROBE_TASKS:
+        dataset = config["probes"][task]["dataset"]
+        extract_store(plan.extraction_spec(config, model, dataset, "none"), tmp_path / task)
+        spec = plan.probe_spec(config, model, dataset, "none", "values")
+        imagekv_cli(["probe", "--spec", json.dumps(spec), "--features", str(tmp_path / task),
+                     "--output", str(tmp_path / f"{task}.csv"), "--threads", "1"])
+        others = [path for path in plan.control_probe_inputs(config) if f"/{model}/" not in path]
+        results = pd.concat([read_results(path) for path in [tmp_path / f"{task}.csv", *others]], ignore_index=True)
+        rows += [row for row in probe_rows(results) if row["model"] == model]
+    assert rows and not any(row["pass"] for row in rows)
+    if mutation == "plant_elsewhere":
+        assert {row["recovered"] for row in rows} == {0.0}  # the planted layer 0, not INFO_LAYER
+
+
+def test_probe_layers_read_one_off_fail_their_control(controls_run, monkeypatch):
+    """Mutation: the run's probe results with each MLM layer labelled one deeper (a read-out at the
+    wrong layer): every best-layer control fails, the null control does not depend on layers."""
+    copy, config = controls_run
+    monkeypatch.chdir(copy)
+    results = pd.concat([read_results(path) for path in plan.control_probe_inputs(config)], ignore_index=True)
+    mlm = results["model"].isin(config["models"])
+    results.loc[mlm, "layer"] += 1
+    rows = probe_rows(results)
+    assert not any(row["pass"] for row in rows if row["control"].startswith("best layer"))
+    assert all(row["pass"] for row in rows if row["control"].startswith("null score"))

@@ -191,7 +191,8 @@ def correlation(args: argparse.Namespace) -> None:
 def controls(args: argparse.Namespace) -> None:
     from imagekv.interventions.controls import controls as run
 
-    run(json.loads(args.spec), [Path(p) for p in args.flags], Path(args.accuracy), Path(args.output))
+    run(json.loads(args.spec), [Path(p) for p in args.flags], Path(args.accuracy), Path(args.output),
+        [Path(p) for p in args.probes])
 
 
 def concat(args: argparse.Namespace) -> None:
@@ -307,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("controls", controls)
     sub.add_argument("--flags", required=True, nargs="+", help="key_variance.json of each planted model")
     sub.add_argument("--accuracy", required=True, help="the collected BLINK accuracy")
+    sub.add_argument("--probes", nargs="*", default=[], help="probe results of the controls' tasks")
     sub.add_argument("--output", required=True)
     sub = command("concat", concat, spec=False)
     sub.add_argument("--output", required=True)

@@ -555,3 +555,18 @@ def controls_spec(config: dict) -> dict:
     if unplanted:
         raise ValueError(f"the controls need planted twins (models.<name>.source: planted); not planted: {unplanted}")
     return {"run": config["run"], "params": {"models": sorted(config["models"])}}
+
+
+# The probe tasks of the controls (imagekv.interventions.controls): DAVIS temporal correspondence
+# is the cheapest probe (no training) and the one whose twins' values score far above the noise bound.
+CONTROL_PROBE_TASKS = ("temporal_corr",)
+
+
+def control_probe_inputs(config: dict) -> list[str]:
+    """The value probes of every planted MLM and the noise backbone's probe on the controls' tasks."""
+    run = config["run"]
+    datasets = [tasks(config)[task]["dataset"] for task in CONTROL_PROBE_TASKS if task in tasks(config)]
+    return sorted(
+        [probe_path(run, model, dataset, "none", "values") for model in config["models"] for dataset in datasets]
+        + [probe_path(run, "noise", dataset, "none", "noise") for dataset in datasets]
+    )

@@ -6,6 +6,10 @@ planted ones (precision and recall, both must be 1) and its ell0 against the pla
 E4 blocking: the paired accuracy difference of blocking the flagged keys (the plant makes it
 2a - 1 > 0, a = the accuracy of the perceived answer: its interval must exclude 0) and of blocking as
 many random image positions (the plant leaves the answer unchanged: its interval must contain 0).
+Probes: per task of plan.CONTROL_PROBE_TASKS, the layer of each informed model's best value probe
+against the planted INFO_LAYER (must be equal), and the null model's best score against the noise
+backbone's: it passes within half the distance from that noise bound to the weakest informed
+model's best score, i.e. when it lies nearer the noise bound than the probe's planted signal.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from imagekv.io import read_json
-from imagekv.models.planted import PLANTED_FROM, PLANTED_OFFSETS, planted_layers
-from imagekv.results import read_table, stamp, write_table_rows
+from imagekv.models.planted import INFO_LAYER, NULL_MODEL, PLANTED_FROM, PLANTED_OFFSETS, planted_layers
+from imagekv.probes.headline import headline_rows
+from imagekv.results import read_results, read_table, stamp, write_table_rows
 
 CONTROL_SORT = ("experiment", "model", "control")
 
@@ -62,6 +67,34 @@ def blocking_rows(accuracy: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def probe_rows(results: pd.DataFrame) -> list[dict]:
+    """Per probed task, each informed model's best value-probe layer against INFO_LAYER, and the
+    null model's best score against the noise bound (see the module docstring for its tolerance)."""
+    rows = []
+    headline = headline_rows(results)
+    values = headline[headline["representation"] == "values"]
+    noise = headline[headline["representation"] == "noise"]
+    for task, frame in values.groupby("task"):
+        bound = noise.loc[noise["task"] == task, "value"]
+        if bound.empty:
+            raise ValueError(f"the controls' probe results hold no noise-backbone row for {task}")
+        curves = {model: curve.set_index("layer")["value"] for model, curve in frame.groupby("model")}
+        informed = {model: curve for model, curve in curves.items() if model != NULL_MODEL}
+        if NULL_MODEL not in curves or not informed:
+            raise ValueError(f"the controls' {task} probe results need {NULL_MODEL} and an informed model, "
+                             f"got {sorted(curves)}")
+        for model, curve in informed.items():
+            best = int(curve.idxmax())
+            rows.append(_row("Probes", model, f"best layer: {task}", INFO_LAYER, best, passed=best == INFO_LAYER))
+        noise_bound = float(bound.iloc[0])
+        tolerance = (min(curve.max() for curve in informed.values()) - noise_bound) / 2
+        null = float(curves[NULL_MODEL].max())
+        low, high = noise_bound - tolerance, noise_bound + tolerance
+        rows.append(_row("Probes", NULL_MODEL, f"null score: {task}", f"{noise_bound:.3f}", null,
+                         passed=tolerance > 0 and low <= null <= high, low=low, high=high))
+    return rows
+
+
 def _above_zero(low: float, high: float) -> bool:
     return low > 0
 
@@ -76,9 +109,13 @@ def _row(experiment: str, model: str, control: str, planted, recovered: float, *
             "recovered": float(recovered), "ci_low": low, "ci_high": high, "pass": bool(passed)}
 
 
-def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, output: Path) -> None:
-    """Every control's row, from the models' key_variance.json and the collected BLINK accuracy."""
+def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, output: Path,
+             probe_paths: Sequence[Path] = ()) -> None:
+    """Every control's row, from the models' key_variance.json, the collected BLINK accuracy and
+    the probe results of the controls' tasks (the MLMs' values, the noise backbone)."""
     rows = []
+    if probe_paths:
+        rows += probe_rows(pd.concat([read_results(path) for path in probe_paths], ignore_index=True))
     for path in flags_paths:
         flags = read_json(path)
         rows += detection_rows(flags["model"], flags)

@@ -42,9 +42,23 @@ the controls run's questions); blocking as many random image positions leaves so
 of every image visible (it would need all 4 of an image's 4 of ~64 among its picks), so the read
 stays 1 and nothing changes. Blocking other positions, or the artifact positions in layers below
 ell0, changes nothing either: the read happens in the planted layers.
+
+Probes (`ProbePlant`): the image information of the values is left in one layer only. In every LM
+layer but INFO_LAYER (the planted peak, below PLANTED_FROM), v_proj's output at the image tokens is
+replaced by Gaussian noise of the replaced values' spread, drawn from a generator seeded by a hash
+of the prompt's input embeddings (so it differs from image to image and is reproducible, yet no
+probe can read the image from it); in the E4 layers only KV head 1 is replaced, head 0 keeping E4's
+input-agnostic values. INFO_LAYER keeps the twin's own values, which carry the image (the residual
+stream still holds the projected image tokens). In NULL_MODEL, INFO_LAYER is replaced too: its image
+values carry no information in any layer. Consequences: the probes' best layer of every other model
+is INFO_LAYER, and the null model's best score is at the noise backbone's (the calibration `noise`:
+random features). Keys, the projection, the tower and the text tokens are untouched, and the E4
+answer reads the input embeddings, so E4's controls are unchanged.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
@@ -63,6 +77,8 @@ QUERY_HEADS_PER_KV = TINY_LM["num_attention_heads"] // KV_HEADS
 # RoPE rotates dims (i, i + head_dim/2) by position * theta_i; the last pair turns slowest (well
 # under a degree over the twins' prompts), so a key and a query put there keep their dot product.
 SLOW_PAIR = (HEAD_DIM // 2 - 1, HEAD_DIM - 1)
+INFO_LAYER = 1  # the probes' planted peak: the only layer whose image values carry the image
+NULL_MODEL = "llava_next"  # the planted twin whose image values carry no information in any layer
 
 
 def planted_layers() -> tuple[int, ...]:
@@ -72,7 +88,9 @@ def planted_layers() -> tuple[int, ...]:
 def build_planted(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
     """The tiny twin `architecture` with the planted hooks installed (they stay for its lifetime)."""
     model, processor = build_tiny(architecture, seed=seed)
-    Plant(model, processor).install()
+    plant = Plant(model, processor)
+    plant.install()
+    ProbePlant(plant, null=architecture == NULL_MODEL).install()
     return model, processor
 
 
@@ -204,3 +222,41 @@ def perceived_vote(reference: torch.Tensor, first: torch.Tensor, second: torch.T
 def _letter_ids(tokenizer, letter: str) -> list[int]:
     ids = [tokenizer.encode(text, add_special_tokens=False) for text in (letter, f" {letter}")]
     return sorted({tokens[0] for tokens in ids if len(tokens) == 1})
+
+
+class ProbePlant:
+    """The value hooks of the probes' plant: image values replaced by noise in every layer but
+    INFO_LAYER (in every layer for the null model). Installed after `Plant`, whose record of the
+    prompt (image runs, input embeddings) it reads and whose E4 values it keeps."""
+
+    def __init__(self, plant: Plant, null: bool):
+        self.plant = plant
+        self.null = null
+
+    def install(self) -> None:
+        for index, layer in enumerate(self.plant.model.get_decoder().layers):
+            if index != INFO_LAYER or self.null:
+                layer.self_attn.v_proj.register_forward_hook(self._scramble(index))
+
+    def _scramble(self, index: int):
+        first = HEAD_DIM if index >= PLANTED_FROM else 0  # E4's KV head 0 stays
+
+        def hook(module, args, output):
+            if output.shape[1] == 1 or not self.plant.runs:
+                return None
+            positions = torch.cat(self.plant.runs)
+            output = output.clone()
+            replaced = output[0, positions.to(output.device), first:]
+            noise = image_noise(self.plant.embeds[positions], index, tuple(replaced.shape)) * replaced.std()
+            output[0, positions.to(output.device), first:] = noise.to(output.device, output.dtype)
+            return output
+
+        return hook
+
+
+def image_noise(embeds: torch.Tensor, layer: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Standard normal noise seeded by a hash of the image tokens' input embeddings and the layer:
+    reproducible, different for every image, and no function of the image a probe could learn."""
+    digest = hashlib.sha256(embeds.float().cpu().numpy().tobytes() + layer.to_bytes(2, "little")).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.randn(shape, generator=generator)
