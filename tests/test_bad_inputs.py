@@ -14,7 +14,6 @@ import json
 import pickle
 import re
 import shutil
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,9 @@ from PIL import Image
 
 from imagekv import cli
 from imagekv.datasets import check_dataset, load_dataset
-from imagekv.datasets.download import ChecksumError, DownloadError, UnsafeArchiveError, WrongContentError
+from imagekv.datasets.download import ChecksumError, DownloadError
 from imagekv.datasets.safe_pickle import load_plain_pickle
 from imagekv.datasets.synthetic import write_synthetic
-from imagekv.features import FeatureStore
 from imagekv.images import load_rgb
 
 import test_store_integrity as store_tampering
