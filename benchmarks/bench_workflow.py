@@ -66,6 +66,14 @@ def seconds_per_rule(log: str) -> dict[str, float]:
     return dict(seconds)
 
 
+def print_rules(jobs: dict[str, int], seconds: dict[str, float]) -> None:
+    """Jobs, summed job-seconds and seconds per job of each rule, the costliest first."""
+    print("  rule                           jobs  job-seconds  per job")
+    for rule, total in sorted(seconds.items(), key=lambda item: -item[1]):
+        count = jobs.get(rule, 0)
+        print(f"  {rule:<30} {count:4d}  {total:11.0f}  {total / max(count, 1):7.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
@@ -81,16 +89,14 @@ def main() -> None:
     noop, noop_jobs, _ = snakemake(workdir)
     style = workdir / "src" / "imagekv" / "figures" / "style.py"
     style.write_text(style.read_text().replace('style="whitegrid"', 'style="ticks"'))
-    restyle, restyle_jobs, _ = snakemake(workdir)
+    restyle, restyle_jobs, restyle_seconds = snakemake(workdir)
     non_plot = {rule: n for rule, n in restyle_jobs.items() if not PLOT_RULE.match(rule)}
 
     print(f"smoke run from cold:   {cold:7.1f} s  ({sum(cold_jobs.values())} jobs)")
-    print("  rule                           jobs  job-seconds  per job")
-    for rule, total in sorted(cold_seconds.items(), key=lambda item: -item[1]):
-        jobs = cold_jobs.get(rule, 0)
-        print(f"  {rule:<30} {jobs:4d}  {total:11.0f}  {total / max(jobs, 1):7.1f}")
+    print_rules(cold_jobs, cold_seconds)
     print(f"no-op rerun:           {noop:7.1f} s  ({sum(noop_jobs.values())} jobs)")
-    print(f"restyle (style.py):    {restyle:7.1f} s  ({sum(restyle_jobs.values())} jobs: {restyle_jobs})")
+    print(f"restyle (style.py):    {restyle:7.1f} s  ({sum(restyle_jobs.values())} jobs)")
+    print_rules(restyle_jobs, restyle_seconds)
     print(f"non-plot jobs rerun after restyle: {sum(non_plot.values())} (target 0) {non_plot or ''}")
     if not args.keep:
         shutil.rmtree(base)

@@ -13,7 +13,8 @@ from imagekv import plan
 from imagekv.cli import main as imagekv_cli
 from imagekv.config import merge_configs
 from imagekv.extract import extract_store
-from imagekv.interventions.blink_run import blink_accuracy, blink_answers
+from imagekv.interventions.blink_accuracy import blink_accuracy
+from imagekv.interventions.blink_run import blink_answers
 from imagekv.interventions.controls import blocking_rows, detection_rows, probe_rows
 from imagekv.interventions.key_variance_run import key_variance
 from imagekv.io import read_json, write_json

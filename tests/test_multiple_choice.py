@@ -3,18 +3,17 @@ import pytest
 import torch
 from PIL import Image
 
+from imagekv.interventions.blink_accuracy import accuracy_table, paired_bootstrap
 from imagekv.interventions.blocking import all_image_keys
 from imagekv.interventions.multiple_choice import (
     DEFAULT_ANSWER_INSTRUCTION,
     AnswerPositionError,
-    accuracy_table,
     answer_question,
     chat_prompt,
     extract_letter,
     generation_header,
     letter_token_ids,
     locate_answer,
-    paired_bootstrap,
     prepare_question,
     score_letters,
     tokens_per_image,

@@ -17,11 +17,12 @@ from imagekv.models.registry import BACKBONE_MODULES, backbone_names
 from workflow_runs import tool_env
 
 HEAVY = ("torch", "transformers", "sklearn")
+PLOTTING = ("matplotlib", "seaborn", "scipy")
 
 
-def modules_loaded_by(code: str) -> list[str]:
-    """The HEAVY modules a fresh interpreter has loaded after running `code`."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps([name for name in {HEAVY!r} if name in sys.modules]))"
+def modules_loaded_by(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """The `heavy` modules a fresh interpreter has loaded after running `code`."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([name for name in {heavy!r} if name in sys.modules]))"
     result = subprocess.run([sys.executable, "-c", probe], env=tool_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
@@ -30,6 +31,22 @@ def modules_loaded_by(code: str) -> list[str]:
 def test_figure_and_table_jobs_never_import_torch():
     imports = "\n".join(f"import {module}" for module in sorted({*FIGURES.values(), *TABLES.values()}))
     assert modules_loaded_by(imports) == []
+
+
+def test_table_jobs_never_import_the_plotting_libraries():
+    imports = "\n".join(f"import {module}" for module in sorted(set(TABLES.values())))
+    assert modules_loaded_by(imports, PLOTTING) == []
+
+
+def test_the_snakefile_imports_neither_torch_nor_the_plotting_libraries():
+    # What workflow/rules/*.smk import: every Snakemake run, a no-op too, parses them first.
+    imports = "import imagekv.plan, imagekv.config, imagekv.jobspec, imagekv.tables.paper_comparison"
+    assert modules_loaded_by(imports, HEAVY + PLOTTING) == []
+
+
+def test_scoring_blink_answers_imports_neither_torch_nor_transformers():
+    assert modules_loaded_by("import imagekv.interventions.blink_accuracy") == []
+    assert "transformers" not in modules_loaded_by("import imagekv.interventions.not_surfaced_run")
 
 
 def test_a_calibration_backbone_is_built_without_the_mlm_adapters():

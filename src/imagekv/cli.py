@@ -170,7 +170,7 @@ def blink_answers(args: argparse.Namespace) -> None:
 
 
 def blink_accuracy(args: argparse.Namespace) -> None:
-    from imagekv.interventions.blink_run import blink_accuracy as run
+    from imagekv.interventions.blink_accuracy import blink_accuracy as run
 
     with _naming_inputs(args.inputs, "blink-accuracy"):
         run(json.loads(args.spec), args.inputs, Path(args.output))

@@ -1,6 +1,8 @@
 """The one style every figure shares, the provenance footer, and deterministic saving.
 
 Editing this file reruns every plotting rule and nothing else (the plotting rules list it as input).
+matplotlib and seaborn are imported on first use: table jobs and the Snakefile, which read only the
+labels and the footer from here, never pay for them.
 """
 
 from __future__ import annotations
@@ -9,15 +11,13 @@ from collections.abc import Sequence
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+from imagekv.io import atomic_path
+from imagekv.pairing import notes as pairing_notes
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from imagekv.io import atomic_path  # noqa: E402
-from imagekv.pairing import notes as pairing_notes  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 MODEL_LABELS = {
     "llava_onevision": "LLaVA-OneVision",
@@ -28,7 +28,9 @@ MODEL_LABELS = {
     "oracle": "oracle",
     "noise": "noise",
 }
-MODEL_COLORS = dict(zip(("llava_onevision", "qwen2_5_vl", "llava_next"), sns.color_palette("colorblind", 3)))
+# The first three colours of seaborn's "colorblind" palette (seaborn/palettes.py, SEABORN_PALETTES),
+# written out so that reading a label does not import seaborn.
+MODEL_COLORS = dict(zip(("llava_onevision", "qwen2_5_vl", "llava_next"), ("#0173B2", "#DE8F05", "#029E73")))
 REFERENCE_STYLE = {"siglip": ("black", ":"), "clip": ("black", "-."), "oracle": ("0.6", "-"), "noise": ("0.6", "--")}
 # Lines in an MLM's colour: its projector output, its own vision tower, its own reference encoders.
 PROJECTION_LINE, TOWER_LINE, OWN_REFERENCE_LINE = "--", ":", "-."
@@ -84,9 +86,21 @@ class Provenance:
         return " | ".join(p for p in parts if p)
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
 def apply_style() -> None:
+    import seaborn as sns
+
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9)
-    plt.rcParams.update({"figure.dpi": 150, "savefig.bbox": "tight", "pdf.fonttype": 42})
+    pyplot().rcParams.update({"figure.dpi": 150, "savefig.bbox": "tight", "pdf.fonttype": 42})
 
 
 def panels(
@@ -96,7 +110,7 @@ def panels(
     labels of neighbouring panels never collide; unused cells are removed."""
     columns = max(1, min(columns, count))
     rows = -(-count // columns)
-    fig, axes = plt.subplots(
+    fig, axes = pyplot().subplots(
         rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows), squeeze=False, layout="constrained"
     )
     cells = list(axes.flat)
@@ -133,4 +147,4 @@ def save(fig: plt.Figure, outputs: Sequence[str | Path]) -> None:
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
         with atomic_path(output) as tmp:
             fig.savefig(tmp, format=fmt, metadata=metadata)
-    plt.close(fig)
+    pyplot().close(fig)

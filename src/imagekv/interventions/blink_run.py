@@ -1,14 +1,12 @@
-"""E4 blocking on BLINK as workflow jobs: each MLM answers every question under each blocking
-condition (one job per model), then the accuracy per subtask with the paired difference from the
-unblocked answers (one job for all models)."""
+"""E4 blocking on BLINK as a workflow job: each MLM answers every question under each blocking
+condition (one job per model); imagekv.interventions.blink_accuracy scores the answers."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -17,17 +15,9 @@ from imagekv.datasets import load_dataset
 from imagekv.images import load_rgb
 from imagekv.interventions.blocking import all_image_keys, random_control
 from imagekv.interventions.key_variance_run import flagged_layout_positions
-from imagekv.interventions.multiple_choice import (
-    AnswerLayout,
-    BlockRule,
-    accuracy_table,
-    answer_question,
-    paired_bootstrap,
-    question_text,
-)
+from imagekv.interventions.multiple_choice import AnswerLayout, BlockRule, answer_question, question_text
 from imagekv.io import read_json
-from imagekv.plan import SUBTASK_SUMMARIES
-from imagekv.results import read_table, stamp, write_table_rows
+from imagekv.results import stamp, write_table_rows
 
 log = logging.getLogger(__name__)
 
@@ -113,50 +103,3 @@ def blink_answers(spec: dict, flags_path: Path | None, output: Path) -> None:
         log.info("question %d (%s) done", number + 1, item.item_id)
     rows = pd.DataFrame(rows).assign(model_cfg=canonical_json(spec["model_cfg"]))
     write_table_rows(stamp(rows, spec), output, ANSWER_SORT)
-
-
-ACCURACY_SORT = ("model", "condition", "subtask")
-
-
-def blink_accuracy(spec: dict, inputs: Iterable[str | Path], output: Path) -> None:
-    """Accuracy per subtask, overall and averaged over subtasks, per model and condition; for every
-    condition but the baseline, the paired difference from it with a bootstrap 95 % interval."""
-    answers = pd.concat([read_table(p) for p in inputs], ignore_index=True)
-    rows = []
-    for model, frame in answers.groupby("model"):
-        by_condition = {c: group.set_index("item_id").sort_index() for c, group in frame.groupby("condition")}
-        if spec["baseline"] not in by_condition:
-            raise ValueError(f"the BLINK answers of {model} hold no {spec['baseline']!r} condition")
-        base = by_condition[spec["baseline"]]
-        for condition, group in by_condition.items():
-            if not group.index.equals(base.index):
-                raise ValueError(f"{model}: condition {condition!r} answers other questions than the baseline")
-            rows += _accuracy_rows(model, condition, group, None if condition == spec["baseline"] else base, spec)
-    write_table_rows(stamp(pd.DataFrame(rows), spec), output, ACCURACY_SORT)
-
-
-def _accuracy_rows(model: str, condition: str, group: pd.DataFrame, base: pd.DataFrame | None, spec: dict) -> list:
-    table = _accuracy_table_of(group)
-    base_table = _accuracy_table_of(base) if base is not None else None
-    greedy = group["decoded"].astype(bool)  # a decoded answer naming no letter counts as wrong
-    greedy_correct = group["generated_letter"] == group["answer"]
-    rows = []
-    for subtask in [*table["per_subtask"], *SUBTASK_SUMMARIES]:
-        rows_of = group["subtask"] == subtask if subtask in table["per_subtask"] else pd.Series(True, group.index)
-        accuracy = table["per_subtask"].get(subtask, table.get(subtask))
-        row = {"model": model, "condition": condition, "subtask": subtask, "accuracy": accuracy,
-               "n": int(rows_of.sum()),
-               "greedy_accuracy": float(greedy_correct[rows_of].mean()) if greedy[rows_of].all() else np.nan,
-               "delta": np.nan, "ci_low": np.nan, "ci_high": np.nan}
-        if base is not None and subtask == "subtask_mean":  # a mean of means: no paired resampling
-            row["delta"] = accuracy - base_table["subtask_mean"]
-        elif base is not None:
-            ci = paired_bootstrap(base["correct"][rows_of].astype(bool), group["correct"][rows_of].astype(bool),
-                                  resamples=spec["resamples"], seed=spec["seed"])
-            row |= {"delta": ci["delta"], "ci_low": ci["low"], "ci_high": ci["high"]}
-        rows.append(row)
-    return rows
-
-
-def _accuracy_table_of(frame: pd.DataFrame) -> dict:
-    return accuracy_table(list(frame["subtask"]), list(frame["correct"].astype(bool)))

@@ -14,7 +14,6 @@ they would alone. A prompt longer than the model's context is refused before any
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,14 +23,12 @@ from PIL import Image
 from torch import nn
 
 from imagekv.datasets.schema import BlinkItem
+from imagekv.interventions.blink_accuracy import LETTERS
 from imagekv.interventions.blocking import block_attention
 from imagekv.models.prompts import processor_inputs, user_turn
 
-LETTERS = string.ascii_uppercase
 MIN_OPTIONS, MAX_OPTIONS = 2, 6
 DEFAULT_ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-DEFAULT_BOOTSTRAP_RESAMPLES = 10_000
-DEFAULT_BOOTSTRAP_SEED = 0
 DEFAULT_GREEDY_TOKENS = 8
 # Tokens that close an image block but belong to it: queries start after them (Qwen2.5-VL).
 IMAGE_BLOCK_CLOSERS = ("<|vision_end|>",)
@@ -237,42 +234,3 @@ def answer_question(
             generated = processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
     letter = extract_letter(generated, num_options) if generated is not None else None
     return QuestionResult(score_letters(logits, letter_ids), generated, letter)
-
-
-def accuracy_table(subtasks: Sequence[str], correct: Sequence[bool]) -> dict:
-    """Accuracy per subtask, over all questions (`overall`) and averaged over subtasks."""
-    if len(subtasks) != len(correct) or not subtasks:
-        raise ValueError(f"need one correctness flag per question, got {len(subtasks)} and {len(correct)}")
-    flags = np.asarray(correct, dtype=float)
-    names = np.asarray(subtasks)
-    per_subtask = {name: float(flags[names == name].mean()) for name in sorted(set(subtasks))}
-    return {
-        "per_subtask": per_subtask,
-        "count": {name: int((names == name).sum()) for name in per_subtask},
-        "overall": float(flags.mean()),
-        "subtask_mean": float(np.mean(list(per_subtask.values()))),
-    }
-
-
-def paired_bootstrap(
-    correct_base: Sequence[bool],
-    correct_new: Sequence[bool],
-    resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES,
-    seed: int = DEFAULT_BOOTSTRAP_SEED,
-    level: float = 0.95,
-) -> dict[str, float]:
-    """Accuracy difference new - base with a percentile CI from resampling questions (paired)."""
-    base, new = np.asarray(correct_base, dtype=float), np.asarray(correct_new, dtype=float)
-    if base.shape != new.shape or base.ndim != 1 or not len(base):
-        raise ValueError(f"paired bootstrap needs two equal-length flag lists, got {base.shape} and {new.shape}")
-    difference = new - base
-    rng = np.random.default_rng(seed)
-    means = np.concatenate(
-        [
-            difference[rng.integers(0, len(difference), size=(min(1000, resamples - done), len(difference)))].mean(1)
-            for done in range(0, resamples, 1000)
-        ]
-    )
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return {"delta": float(difference.mean()), "low": float(low), "high": float(high), "resamples": resamples}

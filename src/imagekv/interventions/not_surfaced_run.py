@@ -19,7 +19,7 @@ from imagekv.datasets.blink_markers import REFERENCE_LABEL, Marker, MarkerError,
 from imagekv.datasets.schema import BlinkItem
 from imagekv.features import FeatureStore
 from imagekv.images import load_rgb
-from imagekv.interventions.multiple_choice import LETTERS
+from imagekv.interventions.blink_accuracy import LETTERS
 from imagekv.interventions.not_surfaced import (
     MARKED_SUBTASKS,
     UNLOCATED,

@@ -67,7 +67,7 @@ def prefix_probes(spec: dict, output: Path, units_output: Path) -> None:
     from imagekv.datasets import load_dataset
     from imagekv.features import FeatureStore
     from imagekv.prefixes import item_samples
-    from imagekv.probes import run_probe, run_probe_units
+    from imagekv.probes import run_probe_units
 
     frames, units = [], []
     for task, task_spec in sorted(spec["tasks"].items()):
@@ -78,12 +78,10 @@ def prefix_probes(spec: dict, output: Path, units_output: Path) -> None:
                 samples = item_samples(samples, condition["in_context"])
             source = source_of(condition)
             probe_spec = task_spec["probe"] | {"prefix": condition["label"], "condition": condition}
-            rows = run_probe(task, samples, source, task_spec["probe"]["params"],
-                             split_seed=task_spec["probe"]["split_seed"])
+            rows, per_unit = run_probe_units(task, samples, source, task_spec["probe"]["params"],
+                                             split_seed=task_spec["probe"]["split_seed"])
             grid = FeatureStore(condition["features"]).grid_label()
             frames.append(tidy_rows(probe_spec, rows, grid=grid))
-            per_unit = run_probe_units(task, samples, source, task_spec["probe"]["params"],
-                                       split_seed=task_spec["probe"]["split_seed"])
             units += [{"model": spec["model"], "task": task, "prefix": condition["label"], "unit": row["unit"],
                        "layer": row["layer"], "value": row["value"]}
                       for row in per_unit if row["metric"] == HEADLINE_METRICS[task]]

@@ -1,8 +1,10 @@
-"""The six probes: task key -> run function, and the one entry point `run_probe`.
+"""The six probes: task key -> score and summarize functions, and the one entry point `run_probe`.
 
-Every run function takes the task's samples, a feature source with the representation already
-bound, and the probe's hyperparameters, and returns tidy rows
-{"layer": int, "metric": str, "value": float, "n": int}; breakdowns are encoded in the metric name
+A probe's score function takes one sample, a feature source with the representation already bound,
+and the probe's hyperparameters, and returns the sample's record (counts, hits, scores per layer);
+its summarize function takes the records of any set of samples, the layers and the hyperparameters,
+and returns tidy rows {"layer": int, "metric": str, "value": float, "n": int}. So a sample is scored
+once however many splits and units report it. Breakdowns are encoded in the metric name
 ("miou/fold=0", "pck@0.1/category=cat"). The caller adds run, model, representation, task, config
 hash and params.
 
@@ -14,8 +16,8 @@ reports each metric on the validation and the test split ("miou/split=test").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -47,32 +49,33 @@ class FeatureSource(Protocol):
         token, cluster member or nearest-neighbour candidate, and predicted as background. None: none."""
 
 
-ProbeFn = Callable[[Iterable[Sample], FeatureSource, dict], list[dict]]
+ScoreFn = Callable[[Sample, FeatureSource, dict], Any]  # one sample's record
+SummarizeFn = Callable[[Sequence[Any], Sequence[int], dict], list[dict]]  # records, layers, params -> rows
 TuneFn = Callable[[Iterable[Sample], FeatureSource, dict], dict[str, list]]  # name -> value per layer
 HELD_OUT_SPLITS = ("validation", "test")
 
 
-def _registry() -> dict[str, tuple[ProbeFn, dict, TuneFn | None]]:
-    from imagekv.probes import coseg, correspondence, fewshot_seg, temporal, text_query_seg
+def _registry() -> dict[str, tuple[ScoreFn, SummarizeFn, dict, TuneFn | None]]:
+    from imagekv.probes import coseg, correspondence, fewshot_seg, temporal, text_query_seg as text
 
     return {
-        "fewshot_seg": (fewshot_seg.run, fewshot_seg.DEFAULTS, None),
-        "coseg": (coseg.run, coseg.DEFAULTS, None),
-        "semantic_seg": (text_query_seg.run_semantic, text_query_seg.DEFAULTS, text_query_seg.tune_semantic),
-        "referring_seg": (text_query_seg.run_referring, text_query_seg.DEFAULTS, text_query_seg.tune_referring),
-        "semantic_corr": (correspondence.run, correspondence.DEFAULTS, None),
-        "temporal_corr": (temporal.run, temporal.DEFAULTS, None),
+        "fewshot_seg": (fewshot_seg.score, fewshot_seg.summarize, fewshot_seg.DEFAULTS, None),
+        "coseg": (coseg.score, coseg.summarize, coseg.DEFAULTS, None),
+        "semantic_seg": (text.score, text.summarize_semantic, text.DEFAULTS, text.tune_semantic),
+        "referring_seg": (text.score, text.summarize_referring, text.DEFAULTS, text.tune_referring),
+        "semantic_corr": (correspondence.score, correspondence.summarize, correspondence.DEFAULTS, None),
+        "temporal_corr": (temporal.clip_scores, temporal.summarize, temporal.DEFAULTS, None),
     }
 
 
 def probe_defaults(task: str) -> dict:
     """Every hyperparameter of `task` with its default value."""
-    return dict(_lookup(task)[1])
+    return dict(_lookup(task)[2])
 
 
 def resolve_params(task: str, params: dict) -> dict:
     """The task's defaults overridden by `params`; an unknown key is an error naming it."""
-    defaults = _lookup(task)[1]
+    defaults = _lookup(task)[2]
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise KeyError(f"unknown parameter(s) {unknown} for probes.{task}; known: {sorted(defaults)}")
@@ -86,49 +89,59 @@ def run_probe(
     """Rows of every sample outside the tuning split (the task's `tune_images`, if any); with
     `held_out`, also each metric on the validation and on the test split. Rows of a tuned probe
     carry {"tuned": {name: value at the row's layer}}."""
-    run, _, tune = _lookup(task)
-    params = resolve_params(task, params)
-    samples = list(samples)
-    tuning = params.get("tune_images", 0) if tune else 0
-    if not (tuning or held_out):
-        return run(samples, features, params)
-    parts, tuned = _tuned(task, samples, features, params, split_seed)
-    params = params | tuned
-    tuning_ids = {id(s) for s in parts["tune"]}
-    rows = run([s for s in samples if id(s) not in tuning_ids], features, params)
-    for split in HELD_OUT_SPLITS if held_out else ():
-        if parts[split]:
-            rows += [row | {"metric": f"{row['metric']}/split={split}"} for row in run(parts[split], features, params)]
-    if tuned:
-        index = {layer: i for i, layer in enumerate(features.layers)}
-        rows = [row | {"tuned": {k: v[index[row["layer"]]] for k, v in tuned.items()}} for row in rows]
-    return rows
+    return _run(task, list(samples), features, params, split_seed, held_out)[0]
 
 
 def run_probe_units(
     task: str, samples: Iterable[Sample], features: FeatureSource, params: dict, split_seed: int = DEFAULT_SEED
-) -> list[dict]:
-    """The probe on each unit (imagekv.probes.splits.unit_id: an image's queries, an episode, a set,
-    a pair, a clip) alone, outside the tuning split and with the tuned values: rows as `run_probe`'s
-    plus "unit", what a paired bootstrap over units resamples."""
-    run = _lookup(task)[0]
+) -> tuple[list[dict], list[dict]]:
+    """`run_probe`'s rows, and the probe on each unit (imagekv.probes.splits.unit_id: an image's
+    queries, an episode, a set, a pair, a clip) alone, outside the tuning split and with the tuned
+    values: rows as `run_probe`'s plus "unit", what a paired bootstrap over units resamples."""
+    return _run(task, list(samples), features, params, split_seed, held_out=False, units=True)
+
+
+def _run(
+    task: str, samples: list, features: FeatureSource, params: dict, split_seed: int, held_out: bool,
+    units: bool = False,
+) -> tuple[list[dict], list[dict]]:
+    """The rows of `run_probe` and, with `units`, of `run_probe_units`: each sample scored once, its
+    record summarized in every split and unit that holds it."""
+    score, summarize, _, tune = _lookup(task)
     params = resolve_params(task, params)
-    parts, tuned = _tuned(task, list(samples), features, params, split_seed)
-    units: dict[str, list] = {}
-    for sample in parts["validation"] + parts["test"]:
-        units.setdefault(unit_id(sample), []).append(sample)
-    return [row | {"unit": unit} for unit, members in units.items() for row in run(members, features, params | tuned)]
+    tuning = params.get("tune_images", 0) if tune else 0
+    if not (tuning or held_out or units):
+        return summarize([score(sample, features, params) for sample in samples], features.layers, params), []
+    parts, tuned = _tuned(task, samples, features, params, split_seed)
+    params = params | tuned
+    tuning_ids = {id(s) for s in parts["tune"]}
+    scored = [(s, score(s, features, params)) for s in samples if id(s) not in tuning_ids]
+    records = {id(s): record for s, record in scored}
+    rows = summarize([record for _, record in scored], features.layers, params)
+    for split in HELD_OUT_SPLITS if held_out else ():
+        if parts[split]:
+            split_rows = summarize([records[id(s)] for s in parts[split]], features.layers, params)
+            rows += [row | {"metric": f"{row['metric']}/split={split}"} for row in split_rows]
+    if tuned:
+        index = {layer: i for i, layer in enumerate(features.layers)}
+        rows = [row | {"tuned": {k: v[index[row["layer"]]] for k, v in tuned.items()}} for row in rows]
+    per_unit: dict[str, list] = {}
+    for sample in parts["validation"] + parts["test"] if units else ():
+        per_unit.setdefault(unit_id(sample), []).append(records[id(sample)])
+    unit_rows = [row | {"unit": unit} for unit, unit_records in per_unit.items()
+                 for row in summarize(unit_records, features.layers, params)]
+    return rows, unit_rows
 
 
 def _tuned(task: str, samples: list, features: FeatureSource, params: dict, split_seed: int) -> tuple[dict, dict]:
     """The held-out splits of `samples` and the values the task's tuner chose on the tuning split."""
-    tune = _lookup(task)[2]
+    tune = _lookup(task)[3]
     tuning = params.get("tune_images", 0) if tune else 0
     parts = split_samples(samples, split_seed, tuning)
     return parts, (tune(parts["tune"], features, params) if tuning else {})
 
 
-def _lookup(task: str) -> tuple[ProbeFn, dict, TuneFn | None]:
+def _lookup(task: str) -> tuple[ScoreFn, SummarizeFn, dict, TuneFn | None]:
     registry = _registry()
     if task not in registry:
         raise KeyError(f"unknown probe task {task!r}; known: {sorted(registry)}")

@@ -9,7 +9,7 @@ target object's bounding box; reported over all keypoints and per category.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,18 +22,22 @@ from imagekv.probes.metrics import pck_hits
 DEFAULTS = {"alpha": 0.1}
 
 
-def run(samples: Iterable[KeypointPair], source: FeatureSource, params: dict) -> list[dict]:
+def score(pair: KeypointPair, source: FeatureSource, params: dict) -> tuple[str, np.ndarray]:
+    return pair.category, pair_hits(pair, source, params["alpha"])
+
+
+def summarize(scores: Sequence[tuple[str, np.ndarray]], layers: Sequence[int], params: dict) -> list[dict]:
     metric = f"pck@{params['alpha']:g}"
     hits: dict[str, list[np.ndarray]] = defaultdict(list)
-    for pair in samples:
-        hits[pair.category].append(pair_hits(pair, source, params["alpha"]))
+    for category, pair_hit in scores:
+        hits[category].append(pair_hit)
     if not hits:
         raise ValueError("semantic_corr: no keypoint pairs")
     everything = np.concatenate([np.concatenate(h, axis=1) for h in hits.values()], axis=1)  # [L, N]
-    rows = metric_rows(source.layers, metric, everything.mean(1), everything.shape[1])
+    rows = metric_rows(layers, metric, everything.mean(1), everything.shape[1])
     for category, per_pair in sorted(hits.items()):
         keypoints = np.concatenate(per_pair, axis=1)
-        rows += metric_rows(source.layers, f"{metric}/category={category}", keypoints.mean(1), keypoints.shape[1])
+        rows += metric_rows(layers, f"{metric}/category={category}", keypoints.mean(1), keypoints.shape[1])
     return rows
 
 

@@ -11,7 +11,7 @@ and precision (pixel accuracy), averaged over the images of a class, then over c
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,23 +33,31 @@ DEFAULTS = {
 }
 
 
-def run(samples: Iterable[CosegSet], source: FeatureSource, params: dict) -> list[dict]:
+def score(image_set: CosegSet, source: FeatureSource, params: dict) -> tuple[str, list[tuple[np.ndarray, ...]]]:
+    """The set's class and, per image, its Jaccard and precision per layer."""
     if params["k"] < 2:
         raise ValueError(f"probes.coseg.k must be at least 2, got {params['k']}")
+    return image_set.class_name, [
+        (iou(*intersection_union(pred, mask)), pixel_accuracy(pred, mask))
+        for pred, mask in zip(segment_set(image_set, source, params), image_set.masks, strict=True)
+    ]
+
+
+def summarize(scores: Sequence[tuple[str, list]], layers: Sequence[int], params: dict) -> list[dict]:
     jaccard: dict[str, list[np.ndarray]] = defaultdict(list)
     precision: dict[str, list[np.ndarray]] = defaultdict(list)
-    for image_set in samples:
-        for pred, mask in zip(segment_set(image_set, source, params), image_set.masks, strict=True):
-            jaccard[image_set.class_name].append(iou(*intersection_union(pred, mask)))
-            precision[image_set.class_name].append(pixel_accuracy(pred, mask))
+    for class_name, images in scores:
+        for image_jaccard, image_precision in images:
+            jaccard[class_name].append(image_jaccard)
+            precision[class_name].append(image_precision)
     if not jaccard:
         raise ValueError("coseg: no image sets")
 
     def class_mean(per_class: dict[str, list[np.ndarray]]) -> np.ndarray:
         return np.mean([np.mean(values, axis=0) for values in per_class.values()], axis=0)
 
-    return metric_rows(source.layers, "jaccard", class_mean(jaccard), len(jaccard)) + metric_rows(
-        source.layers, "precision", class_mean(precision), len(jaccard)
+    return metric_rows(layers, "jaccard", class_mean(jaccard), len(jaccard)) + metric_rows(
+        layers, "precision", class_mean(precision), len(jaccard)
     )
 
 

@@ -11,7 +11,7 @@ the fold's classes) and FB-IoU, each also averaged over the folds present.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -44,10 +44,14 @@ DEFAULTS = {
 AMBIGUOUS_BAND = (0.25, 0.75)
 
 
-def run(samples: Iterable[SegEpisode], source: FeatureSource, params: dict) -> list[dict]:
+def score(episode: SegEpisode, source: FeatureSource, params: dict) -> tuple[int, str, np.ndarray]:
+    return episode.fold, episode.class_name, episode_counts(episode, source, params)
+
+
+def summarize(scores: Sequence[tuple[int, str, np.ndarray]], layers: Sequence[int], params: dict) -> list[dict]:
     per_fold: dict[int, list[tuple[str, np.ndarray]]] = defaultdict(list)
-    for episode in samples:
-        per_fold[episode.fold].append((episode.class_name, episode_counts(episode, source, params)))
+    for fold, class_name, counts in scores:
+        per_fold[fold].append((class_name, counts))
     if not per_fold:
         raise ValueError("fewshot_seg: no episodes")
     rows, fold_miou, fold_fbiou = [], [], []
@@ -56,13 +60,13 @@ def run(samples: Iterable[SegEpisode], source: FeatureSource, params: dict) -> l
         counts = np.stack([c for _, c in records])  # [E, 4, L]
         miou = class_miou(classes, counts[:, 0], counts[:, 1])
         fbiou = fb_iou(counts[:, 0], counts[:, 1], counts[:, 2], counts[:, 3])
-        rows += metric_rows(source.layers, f"miou/fold={fold}", miou, len(records))
-        rows += metric_rows(source.layers, f"fbiou/fold={fold}", fbiou, len(records))
+        rows += metric_rows(layers, f"miou/fold={fold}", miou, len(records))
+        rows += metric_rows(layers, f"fbiou/fold={fold}", fbiou, len(records))
         fold_miou.append(miou)
         fold_fbiou.append(fbiou)
     episodes = sum(len(r) for r in per_fold.values())
-    rows += metric_rows(source.layers, "miou", np.mean(fold_miou, axis=0), episodes)
-    rows += metric_rows(source.layers, "fbiou", np.mean(fold_fbiou, axis=0), episodes)
+    rows += metric_rows(layers, "miou", np.mean(fold_miou, axis=0), episodes)
+    rows += metric_rows(layers, "fbiou", np.mean(fold_fbiou, axis=0), episodes)
     return rows
 
 

@@ -11,7 +11,7 @@ definitions), their means over all objects, and J&F = (J + F) / 2.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -32,21 +32,19 @@ DEFAULTS = {
 AFFINITY_BUDGET = 2**24  # affinity entries per layer chunk, keeps memory near 64 MB
 
 
-def run(samples: Iterable[VideoClip], source: FeatureSource, params: dict) -> list[dict]:
-    j_scores, f_scores = [], []
-    for clip in samples:
-        j, f = clip_scores(clip, source, params)  # [L, K] each
-        j_scores.append(j)
-        f_scores.append(f)
+def summarize(scores: Sequence[tuple[np.ndarray, np.ndarray]], layers: Sequence[int], params: dict) -> list[dict]:
+    """`scores`: each clip's `clip_scores`."""
+    j_scores = [j for j, _ in scores]  # [L, K] each
+    f_scores = [f for _, f in scores]
     if not j_scores:
         raise ValueError("temporal_corr: no video clips")
     j_mean = np.concatenate(j_scores, axis=1).mean(1)
     f_mean = np.concatenate(f_scores, axis=1).mean(1)
     objects = sum(j.shape[1] for j in j_scores)
     return (
-        metric_rows(source.layers, "j", j_mean, objects)
-        + metric_rows(source.layers, "f", f_mean, objects)
-        + metric_rows(source.layers, "j&f", (j_mean + f_mean) / 2, objects)
+        metric_rows(layers, "j", j_mean, objects)
+        + metric_rows(layers, "f", f_mean, objects)
+        + metric_rows(layers, "j&f", (j_mean + f_mean) / 2, objects)
     )
 
 

@@ -13,7 +13,7 @@ image and text, or for E5 per-item stores its own item's, imagekv.prefixes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ DEFAULTS = {
     "tune_thresholds": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # the candidates for tau
 }
 SIMILARITIES = ("dot", "cosine")
+QueryScore = tuple[str, np.ndarray, list[bool]]  # class, intersections and unions, pointing hits
 
 
 def semantic_miou(classes: list[str], counts: np.ndarray) -> np.ndarray:
@@ -42,14 +43,14 @@ def referring_miou(classes: list[str], counts: np.ndarray) -> np.ndarray:
     return iou(counts[:, 0], counts[:, 1]).mean(0)
 
 
-def run_semantic(samples: Iterable[TextQuery], source: FeatureSource, params: dict) -> list[dict]:
+def summarize_semantic(scores: Sequence[QueryScore], layers: Sequence[int], params: dict) -> list[dict]:
     """T3: mIoU over classes (the query's `category`, else its text)."""
-    return _run(samples, source, params, semantic_miou)
+    return _summarize(scores, layers, semantic_miou)
 
 
-def run_referring(samples: Iterable[TextQuery], source: FeatureSource, params: dict) -> list[dict]:
+def summarize_referring(scores: Sequence[QueryScore], layers: Sequence[int], params: dict) -> list[dict]:
     """T4: mean IoU over expressions."""
-    return _run(samples, source, params, referring_miou)
+    return _summarize(scores, layers, referring_miou)
 
 
 def tune_semantic(samples: Iterable[TextQuery], source: FeatureSource, params: dict) -> dict:
@@ -60,13 +61,17 @@ def tune_referring(samples: Iterable[TextQuery], source: FeatureSource, params: 
     return _tune(samples, source, params, referring_miou)
 
 
-def _run(samples, source: FeatureSource, params: dict, metric) -> list[dict]:
+def score(query: TextQuery, source: FeatureSource, params: dict) -> QueryScore:
     """`params["threshold"]` is one tau or one per layer of `source` (as `_tune` chose them)."""
     taus = np.broadcast_to(np.asarray(params["threshold"], dtype=float), (len(source.layers),))
-    classes, counts, hits = _score_queries(samples, source, params["similarity"], taus[None])
+    return _score_query(query, source, params["similarity"], taus[None])
+
+
+def _summarize(scores: Sequence[QueryScore], layers: Sequence[int], metric) -> list[dict]:
+    classes, counts, hits = _stack(scores)
     n_miou = len(set(classes)) if metric is semantic_miou else len(counts)
-    return metric_rows(source.layers, "miou", metric(classes, counts)[0], n_miou) + metric_rows(
-        source.layers, "pointing", hits.mean(0), len(hits)
+    return metric_rows(layers, "miou", metric(classes, counts)[0], n_miou) + metric_rows(
+        layers, "pointing", hits.mean(0), len(hits)
     )
 
 
@@ -77,27 +82,28 @@ def _tune(samples, source: FeatureSource, params: dict, metric) -> dict:
     if not len(candidates):
         raise ValueError("text query probe: tune_thresholds is empty")
     grid = np.repeat(candidates[:, None], len(source.layers), axis=1)  # [K, L]
-    classes, counts, _ = _score_queries(samples, source, params["similarity"], grid)
+    classes, counts, _ = _stack([_score_query(query, source, params["similarity"], grid) for query in samples])
     return {"threshold": candidates[metric(classes, counts).argmax(0)].tolist()}
 
 
-def _score_queries(samples, source, similarity: str, taus: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Per query: its class, [2, K, L] intersection and union at each row of `taus` [K, L], [L]
+def _score_query(query: TextQuery, source, similarity: str, taus: np.ndarray) -> QueryScore:
+    """The query's class, [2, K, L] intersection and union at each row of `taus` [K, L], [L]
     pointing hits."""
     if similarity not in SIMILARITIES:
         raise ValueError(f"probes: similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    classes, counts, hits = [], [], []
-    for query in samples:
-        scores = query_scores(query, source, similarity)  # [L, T] in [0, 1]
-        grid = source.grid(query.features_key)
-        pred = to_pixels(scores, grid)[None] >= taus[:, :, None, None]  # [K, L, H, W]
-        counts.append(np.stack(intersection_union(pred, query.mask)))
-        centres = grid.centers()[scores.argmax(1).cpu().numpy()]
-        hits.append([pointing_hit(tuple(c), query.mask) for c in centres])
-        classes.append(query.category or query.text)
-    if not counts:
+    scores = query_scores(query, source, similarity)  # [L, T] in [0, 1]
+    grid = source.grid(query.features_key)
+    pred = to_pixels(scores, grid)[None] >= taus[:, :, None, None]  # [K, L, H, W]
+    centres = grid.centers()[scores.argmax(1).cpu().numpy()]
+    return (query.category or query.text, np.stack(intersection_union(pred, query.mask)),
+            [pointing_hit(tuple(c), query.mask) for c in centres])
+
+
+def _stack(scores: Sequence[QueryScore]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    if not scores:
         raise ValueError("text query probe: no queries")
-    return classes, np.stack(counts), np.asarray(hits, dtype=float)
+    return ([c for c, _, _ in scores], np.stack([counts for _, counts, _ in scores]),
+            np.asarray([hits for _, _, hits in scores], dtype=float))
 
 
 def query_scores(query: TextQuery, source: FeatureSource, similarity: str) -> torch.Tensor:

@@ -30,7 +30,9 @@ STATISTICS = ("max", "value")
 def load_reported(path: str | Path) -> list[dict]:
     """The entries of the reported-numbers file; a malformed entry is an error naming it."""
     try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        text = Path(path).read_text(encoding="utf-8")
+        # libyaml's safe parser where PyYAML has it: the Snakefile reads this file on every run
+        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}  # noqa: S506
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a YAML file of reported numbers ({error})") from error
     entries = document.get("entries") if isinstance(document, dict) else None
