@@ -15,7 +15,7 @@ from imagekv import plan
 from imagekv.config import ConfigError, validate_config
 from imagekv.datasets.schema import BlinkItem
 from imagekv.datasets.synthetic import write_synthetic
-from imagekv.interventions import blink_run, key_variance_run, not_surfaced_run
+from imagekv.interventions import blink_accuracy, blink_run, key_variance_run, not_surfaced_run
 from imagekv.interventions.key_variance import KeyStatistics, KeyVarianceConfig
 from imagekv.interventions.multiple_choice import AnswerLayout, question_text
 from imagekv.results import read_table
@@ -183,7 +183,7 @@ def test_accuracy_per_subtask_with_the_paired_difference(tmp_path):
     pd.DataFrame(_answers("none", [True, False, False, False]) + _answers("flagged", [True, True, False, True])
                  ).to_csv(answers, index=False)
     output = tmp_path / "accuracy.csv"
-    blink_run.blink_accuracy({"baseline": "none", "resamples": 200, "seed": 0}, [answers], output)
+    blink_accuracy.blink_accuracy({"baseline": "none", "resamples": 200, "seed": 0}, [answers], output)
     table = pd.read_csv(output).set_index(["condition", "subtask"])
     assert table.loc[("none", "Art_Style"), "accuracy"] == 0.5
     assert table.loc[("none", "overall"), "accuracy"] == 0.25

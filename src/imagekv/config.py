@@ -17,8 +17,9 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-# libyaml's parser where PyYAML has it: the same documents, several times faster to read (every
-# Snakemake run, a no-op too, reads the config and the schema).
+# libyaml's parser where PyYAML has it (PyPI's PyYAML wheels ship it): several times faster to read (every
+# Snakemake run, a no-op too, reads the config and the schema). It refuses a few escapes the pure
+# parser accepts (a lone surrogate): still an error naming the file, line and column.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
