@@ -9,10 +9,10 @@ import yaml
 from imagekv import plan
 from imagekv.config import merge_configs
 from imagekv.interventions.blink_run import blink_accuracy, blink_answers
-from imagekv.interventions.controls import blocking_rows, detection_rows
+from imagekv.interventions.controls import blocking_rows, detection_rows, not_surfaced_rows, wilson_interval
 from imagekv.interventions.key_variance_run import key_variance
 from imagekv.io import read_json, write_json
-from imagekv.models.planted import PLANTED_OFFSETS
+from imagekv.models.planted import NOT_SURFACED_LAYER, PLANTED_OFFSETS
 from imagekv.results import read_table
 from workflow_runs import fresh_copy, snakemake
 
@@ -37,6 +37,7 @@ def test_every_control_passes(controls_run):
     rows = read_table(copy / plan.intervention_path("controls", "controls.csv"))
     expected = {(model, control) for model in config["models"]
                 for control in ("precision", "recall", "ell0", "flagged Δ accuracy", "random Δ accuracy")}
+    expected |= {(model, f"Art_Style rate, layer {NOT_SURFACED_LAYER}") for model in config["models"]}  # E6
     assert set(zip(rows["model"], rows["control"])) == expected
     failing = rows[~rows["pass"].astype(bool)]
     assert failing.empty, failing.to_string()
@@ -80,3 +81,22 @@ def test_blocking_the_wrong_keys_fails_its_control(controls_run, tmp_path, monke
     rows = {row["control"]: row for row in blocking_rows(read_table(tmp_path / "accuracy.csv"))}
     assert not rows["flagged Δ accuracy"]["pass"]
     assert rows["random Δ accuracy"]["pass"]
+
+
+def test_readout_at_a_layer_without_the_plant_fails_its_control(controls_run):
+    """Mutation: the E6 read-out at layer 0, where the plant leaves no image information, ties every
+    candidate (right only where the answer is A): it misses questions the model gets wrong, and the
+    rate misses the planted one."""
+    copy, _ = controls_run
+    frame = read_table(copy / plan.intervention_path("controls", "not_surfaced.csv"))
+    rows = {row["model"]: row for row in not_surfaced_rows(frame, layer=0)}
+    assert not rows[MUTATED_MODEL]["pass"], rows[MUTATED_MODEL]
+
+
+def test_wilson_interval():
+    """Wilson (1927): 0 of 4 gives [0, z^2 / (n + z^2)]; an observed rate lies inside its interval."""
+    low, high = wilson_interval(0.0, 4)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(1.959964**2 / (4 + 1.959964**2))
+    assert wilson_interval(1.0, 4)[1] == 1.0
+    low, high = wilson_interval(0.75, 8)
+    assert low < 0.75 < high

@@ -191,7 +191,8 @@ def correlation(args: argparse.Namespace) -> None:
 def controls(args: argparse.Namespace) -> None:
     from imagekv.interventions.controls import controls as run
 
-    run(json.loads(args.spec), [Path(p) for p in args.flags], Path(args.accuracy), Path(args.output))
+    run(json.loads(args.spec), [Path(p) for p in args.flags], Path(args.accuracy), Path(args.output),
+        not_surfaced_path=Path(args.not_surfaced) if args.not_surfaced else None)
 
 
 def concat(args: argparse.Namespace) -> None:
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--flags", required=True, nargs="+", help="key_variance.json of each planted model")
     sub.add_argument("--accuracy", required=True, help="the collected BLINK accuracy")
     sub.add_argument("--output", required=True)
+    sub.add_argument("--not-surfaced", help="E6's not_surfaced.csv")
     sub = command("concat", concat, spec=False)
     sub.add_argument("--output", required=True)
     sub.add_argument("--sort", required=True, help="comma-separated columns to sort the rows by")

@@ -9,6 +9,7 @@ rule controls_results:
             model=MLMS,
         ),
         accuracy=plan.intervention_path("{run}", "blink_accuracy.csv"),
+        not_surfaced=plan.intervention_path("{run}", "not_surfaced.csv"),
     output:
         plan.intervention_path("{run}", "controls.csv"),
     log:
@@ -19,7 +20,8 @@ rule controls_results:
         spec=lambda wc: as_json(plan.controls_spec(config)),
     shell:
         "python -m imagekv controls --spec {params.spec:q} --flags {input.flags:q}"
-        " --accuracy {input.accuracy:q} --output {output:q} > {log:q} 2>&1"
+        " --accuracy {input.accuracy:q} --not-surfaced {input.not_surfaced:q}"
+        " --output {output:q} > {log:q} 2>&1"
 
 
 use rule table_blocking as table_controls with:

@@ -6,6 +6,9 @@ planted ones (precision and recall, both must be 1) and its ell0 against the pla
 E4 blocking: the paired accuracy difference of blocking the flagged keys (the plant makes it
 2a - 1 > 0, a = the accuracy of the perceived answer: its interval must exclude 0) and of blocking as
 many random image positions (the plant leaves the answer unchanged: its interval must contain 0).
+E6 not surfaced: the Art_Style mean read-out at the planted layer answers every question right, so
+the not-surfaced rate there is the share of questions the model answers wrong (1 - its accuracy,
+the planted rate); the rate's 95 % Wilson interval over the questions must contain it.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from imagekv.io import read_json
-from imagekv.models.planted import PLANTED_FROM, PLANTED_OFFSETS, planted_layers
+from imagekv.models.planted import NOT_SURFACED_LAYER, PLANTED_FROM, PLANTED_OFFSETS, planted_layers
 from imagekv.results import read_table, stamp, write_table_rows
 
 CONTROL_SORT = ("experiment", "model", "control")
@@ -62,6 +66,36 @@ def blocking_rows(accuracy: pd.DataFrame) -> list[dict]:
     return rows
 
 
+NOT_SURFACED_SUBTASK, NOT_SURFACED_READOUT = "Art_Style", "mean"  # the read-out the E6 plant makes right
+WILSON_Z = 1.959964  # the normal 97.5 % quantile: a 95 % interval
+
+
+def not_surfaced_rows(frame: pd.DataFrame, layer: int = NOT_SURFACED_LAYER) -> list[dict]:
+    """Per model, the not-surfaced rate of the planted read-out at `layer` (the planted one unless a
+    test moves it) against the planted rate, 1 - the model's accuracy on the same questions."""
+    rows = []
+    chosen = frame[(frame["subtask"] == NOT_SURFACED_SUBTASK) & (frame["readout"] == NOT_SURFACED_READOUT)
+                   & (frame["selection"] == "layer") & (frame["layer"].astype(str) == str(layer))]
+    for model, row in chosen.set_index("model").iterrows():
+        planted, rate, n = 1 - float(row["model_accuracy"]), float(row["not_surfaced"]), int(row["n"])
+        low, high = wilson_interval(rate, n)
+        rows.append(_row("E6 not surfaced", model, f"{NOT_SURFACED_SUBTASK} rate, layer {layer}", round(planted, 6),
+                         rate, passed=low <= planted <= high, low=low, high=high))
+    missing = sorted(set(frame["model"]) - {row["model"] for row in rows})
+    if missing:
+        raise ValueError(f"not_surfaced.csv holds no {NOT_SURFACED_SUBTASK} {NOT_SURFACED_READOUT} read-out at layer "
+                         f"{layer} for {missing}; the controls need interventions.not_surfaced.readouts to include it")
+    return rows
+
+
+def wilson_interval(rate: float, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `rate` observed on `n` trials (Wilson 1927, JASA 22:209)."""
+    centre = (rate + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * np.sqrt(rate * (1 - rate) / n + z**2 / (4 * n**2))
+    # rounded: at rate 0 or 1 the bound is exactly 0 or 1, which floating point misses by an ulp
+    return max(0.0, round(float(centre - half), 12)), min(1.0, round(float(centre + half), 12))
+
+
 def _above_zero(low: float, high: float) -> bool:
     return low > 0
 
@@ -76,11 +110,15 @@ def _row(experiment: str, model: str, control: str, planted, recovered: float, *
             "recovered": float(recovered), "ci_low": low, "ci_high": high, "pass": bool(passed)}
 
 
-def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, output: Path) -> None:
-    """Every control's row, from the models' key_variance.json and the collected BLINK accuracy."""
+def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, output: Path,
+             not_surfaced_path: Path | None = None) -> None:
+    """Every control's row, from the models' key_variance.json, the collected BLINK accuracy and E6's
+    not_surfaced.csv."""
     rows = []
     for path in flags_paths:
         flags = read_json(path)
         rows += detection_rows(flags["model"], flags)
     rows += blocking_rows(read_table(accuracy_path))
+    if not_surfaced_path is not None:
+        rows += not_surfaced_rows(read_table(not_surfaced_path))
     write_table_rows(stamp(pd.DataFrame(rows), spec), output, CONTROL_SORT)

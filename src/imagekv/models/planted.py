@@ -42,6 +42,27 @@ the controls run's questions); blocking as many random image positions leaves so
 of every image visible (it would need all 4 of an image's 4 of ~64 among its picks), so the read
 stays 1 and nothing changes. Blocking other positions, or the artifact positions in layers below
 ell0, changes nothing either: the read happens in the planted layers.
+
+E6 (not surfaced), in LM layer NOT_SURFACED_LAYER (below ell0, so the E4 plant's layers are left
+alone), in prompts of one image (the E6 value store holds one image per context, SPEC E6; the BLINK
+questions' prompts of three images are left alone):
+
+- Values of every image token, all KV heads: the image's colour code, the share of its pixels in
+  each of the 27 colour bins (each RGB channel of the processor's input, un-normalised, cut in
+  thirds), scaled to unit norm; the value dimensions past the 27th are 0. Every image token of an
+  image gets the same code, so the mean value token is the code and the Gram matrix its outer
+  product: both read-outs compare the images' palettes.
+- Values of every image token in LM layer UNINFORMED_LAYER (the one below): 0. The twin's own values
+  carry the palettes too (the synthetic Art_Style questions are easy), so without this no layer would
+  lack the information; with it a read-out at the wrong layer has none (all candidates tie and the
+  read-out takes the first: right only where the answer is A).
+
+Consequences: a synthetic Art_Style question's right candidate shares the reference's palette and
+the wrong one does not (imagekv.datasets.synthetic.blink), so the value read-out at
+NOT_SURFACED_LAYER answers every Art_Style question right (cosine of the codes; checked over 300
+drawn questions). The model's unblocked answer is the E4 plant's, the reverse of the perceived one,
+so it is wrong on a share a of the questions, and the not-surfaced rate at the planted layer (read-out
+right, model wrong) is that share, 1 - the model's accuracy.
 """
 
 from __future__ import annotations
@@ -60,6 +81,9 @@ MISLEAD = 2.0
 HEAD_DIM = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
 KV_HEADS = TINY_LM["num_key_value_heads"]
 QUERY_HEADS_PER_KV = TINY_LM["num_attention_heads"] // KV_HEADS
+NOT_SURFACED_LAYER = 1  # E6: the layer whose values carry each image's colour code
+UNINFORMED_LAYER = NOT_SURFACED_LAYER - 1  # E6: image values 0, a layer whose read-out has nothing
+COLOUR_LEVELS = 3  # per RGB channel: 3**3 = 27 colour bins, within the twins' 32 value dimensions
 # RoPE rotates dims (i, i + head_dim/2) by position * theta_i; the last pair turns slowest (well
 # under a degree over the twins' prompts), so a key and a query put there keep their dot product.
 SLOW_PAIR = (HEAD_DIM // 2 - 1, HEAD_DIM - 1)
@@ -87,6 +111,10 @@ class Plant:
         self.query_start = 0
         self.embeds: torch.Tensor | None = None
         self.last_heads: torch.Tensor | None = None  # o_proj input of the last layer
+        image_processor = processor.image_processor
+        self.pixel_mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)
+        self.pixel_std = torch.tensor(image_processor.image_std, dtype=torch.float32)
+        self.colour_code: torch.Tensor | None = None  # E6: the code of a one-image prompt's image
 
     def install(self) -> None:
         self.model.register_forward_pre_hook(self._read_prompt, with_kwargs=True)
@@ -98,6 +126,8 @@ class Plant:
             attention.k_proj.register_forward_hook(self._plant_keys)
             attention.v_proj.register_forward_hook(self._plant_values)
         decoder.layers[-1].self_attn.o_proj.register_forward_pre_hook(self._read_heads)
+        decoder.layers[NOT_SURFACED_LAYER].self_attn.v_proj.register_forward_hook(self._plant_colour_code)
+        decoder.layers[UNINFORMED_LAYER].self_attn.v_proj.register_forward_hook(self._blank_image_values)
         self.model.get_output_embeddings().register_forward_hook(self._answer)
 
     # --- what the prompt holds -------------------------------------------------------------------
@@ -108,6 +138,9 @@ class Plant:
         positions = torch.nonzero(input_ids[0] == self.image_token_id).squeeze(1)
         self.runs = self._image_runs(positions, kwargs.get("image_sizes"))
         self.query_start = int(positions[-1]) + 1 if len(positions) else input_ids.shape[1]
+        pixels = kwargs.get("pixel_values")
+        one_image = len(self.runs) == 1 and pixels is not None
+        self.colour_code = colour_code(pixels, self.pixel_mean, self.pixel_std) if one_image else None
         return None
 
     def _image_runs(self, positions: torch.Tensor, image_sizes) -> list[torch.Tensor]:
@@ -169,6 +202,22 @@ class Plant:
             output[0, later.to(output.device), head * HEAD_DIM + SLOW_PAIR[0]] = ARTIFACT_GAIN
         return output
 
+    def _plant_colour_code(self, module, args, output):
+        if output.shape[1] == 1 or self.colour_code is None:
+            return None
+        output = output.clone()
+        code = torch.zeros(output.shape[-1], dtype=output.dtype, device=output.device)
+        code[: len(self.colour_code)] = self.colour_code.to(output.dtype)
+        output[0, self.runs[0].to(output.device)] = code
+        return output
+
+    def _blank_image_values(self, module, args, output):
+        if output.shape[1] == 1 or self.colour_code is None:
+            return None
+        output = output.clone()
+        output[0, self.runs[0].to(output.device)] = 0
+        return output
+
     def _read_heads(self, module, args):
         self.last_heads = args[0][0, -1].detach()
         return None
@@ -199,6 +248,22 @@ def perceived_vote(reference: torch.Tensor, first: torch.Tensor, second: torch.T
     second's (the answer A), as a share of the two distances."""
     near_first, near_second = (reference - first).norm(), (reference - second).norm()
     return (near_second - near_first) / (near_first + near_second)
+
+
+def colour_code(pixel_values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The unit-norm share of an image's input pixels in each of the COLOUR_LEVELS**3 colour bins.
+    pixel_values as the processor gives them: the LLaVA family's [images, crops, 3, H, W], or
+    Qwen2.5-VL's flattened patches [patches, 3 * temporal * patch * patch] (channel first)."""
+    pixels = pixel_values.detach().float()
+    if pixels.ndim == 2:
+        channels = pixels.reshape(pixels.shape[0], 3, -1).transpose(0, 1).reshape(3, -1)
+    else:
+        channels = pixels.movedim(-3, 0).reshape(3, -1)
+    rgb = channels.cpu() * std[:, None] + mean[:, None]
+    levels = (rgb * COLOUR_LEVELS).floor().clamp(0, COLOUR_LEVELS - 1).long()
+    bins = (levels[0] * COLOUR_LEVELS + levels[1]) * COLOUR_LEVELS + levels[2]
+    counts = torch.bincount(bins, minlength=COLOUR_LEVELS**3).float()
+    return counts / counts.norm()
 
 
 def _letter_ids(tokenizer, letter: str) -> list[int]:
