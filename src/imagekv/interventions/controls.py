@@ -79,7 +79,7 @@ def not_surfaced_rows(frame: pd.DataFrame, layer: int = NOT_SURFACED_LAYER) -> l
     for model, row in chosen.set_index("model").iterrows():
         planted, rate, n = 1 - float(row["model_accuracy"]), float(row["not_surfaced"]), int(row["n"])
         low, high = wilson_interval(rate, n)
-        rows.append(_row("E6 not surfaced", model, f"{NOT_SURFACED_SUBTASK} rate, layer {layer}", round(planted, 6),
+        rows.append(_row("E6 not-surfaced", model, f"{NOT_SURFACED_SUBTASK} rate, layer {layer}", round(planted, 6),
                          rate, passed=low <= planted <= high, low=low, high=high))
     missing = sorted(set(frame["model"]) - {row["model"] for row in rows})
     if missing:
