@@ -15,17 +15,24 @@ from imagekv.config import merge_configs
 from imagekv.extract import extract_store
 from imagekv.interventions.blink_accuracy import blink_accuracy
 from imagekv.interventions.blink_run import blink_answers
-from imagekv.interventions.controls import blocking_rows, detection_rows, probe_rows
+from imagekv.interventions.controls import (
+    blocking_rows,
+    detection_rows,
+    not_surfaced_rows,
+    probe_rows,
+    wilson_interval,
+)
 from imagekv.interventions.key_variance_run import key_variance
 from imagekv.io import read_json, write_json
 from imagekv.models import planted
-from imagekv.models.planted import NULL_MODEL, PLANTED_OFFSETS
+from imagekv.models.planted import NOT_SURFACED_LAYER, NULL_MODEL, PLANTED_OFFSETS
 from imagekv.results import read_results, read_table
 from workflow_runs import fresh_copy, snakemake
 
 pytestmark = pytest.mark.slow
 
 MUTATED_MODEL = "llava_next"
+WRONG_LAYER = 2  # an E6 read-out layer without the colour code (imagekv.models.planted)
 # The controls config holds only what differs from the smoke config (Snakemake merges it over it).
 CONTROLS_CONFIGS = ["config/config.yaml", "config/controls.yaml"]
 
@@ -47,6 +54,7 @@ def test_every_control_passes(controls_run):
     expected |= {(model, f"best layer: {task}") for model in config["models"] if model != NULL_MODEL
                  for task in plan.CONTROL_PROBE_TASKS}
     expected |= {(NULL_MODEL, f"null score: {task}") for task in plan.CONTROL_PROBE_TASKS}
+    expected |= {(model, f"Art_Style rate, layer {NOT_SURFACED_LAYER}") for model in config["models"]}  # E6
     assert set(zip(rows["model"], rows["control"])) == expected
     failing = rows[~rows["pass"].astype(bool)]
     assert failing.empty, failing.to_string()
@@ -97,13 +105,14 @@ def test_blocking_the_wrong_keys_fails_its_control(controls_run, tmp_path, monke
     [("plant_elsewhere", "qwen2_5_vl"), ("null_informed", NULL_MODEL)],
 )
 def test_a_moved_or_missing_probe_plant_fails_its_control(controls_run, tmp_path, monkeypatch, mutation, model):
-    """Mutation of the probes' plant, re-extracted and re-probed: the information planted in layer 0
-    instead of INFO_LAYER moves the best layer found there, and a null model whose INFO_LAYER keeps
+    """Mutation of the probes' plant, re-extracted and re-probed: the information planted in layer 2
+    (KV head 1; layer 0 holds E6's colour code) instead of INFO_LAYER moves the best layer found
+    there, and a null model whose INFO_LAYER keeps
     its information scores above the noise bound's tolerance."""
     copy, config = controls_run
     monkeypatch.chdir(copy)
     if mutation == "plant_elsewhere":
-        monkeypatch.setattr(planted, "INFO_LAYER", 0)
+        monkeypatch.setattr(planted, "INFO_LAYER", 2)
     else:
         monkeypatch.setattr(planted, "NULL_MODEL", "no model")
     rows = []
@@ -118,7 +127,7 @@ def test_a_moved_or_missing_probe_plant_fails_its_control(controls_run, tmp_path
         rows += [row for row in probe_rows(results) if row["model"] == model]
     assert rows and not any(row["pass"] for row in rows)
     if mutation == "plant_elsewhere":
-        assert {row["recovered"] for row in rows} == {0.0}  # the planted layer 0, not INFO_LAYER
+        assert {row["recovered"] for row in rows} == {2.0}  # the planted layer 2, not INFO_LAYER
 
 
 def test_probe_layers_read_one_off_fail_their_control(controls_run, monkeypatch):
@@ -132,3 +141,22 @@ def test_probe_layers_read_one_off_fail_their_control(controls_run, monkeypatch)
     rows = probe_rows(results)
     assert not any(row["pass"] for row in rows if row["control"].startswith("best layer"))
     assert all(row["pass"] for row in rows if row["control"].startswith("null score"))
+
+
+def test_readout_at_a_layer_without_the_plant_fails_its_control(controls_run):
+    """Mutation: the E6 read-out at layer WRONG_LAYER, whose image values are noise (KV head 1) and
+    E4's input-agnostic values (KV head 0): it misses questions the model gets wrong, and the rate
+    misses the planted one (in the controls run at layer 2 it does for every model: 0 to 2 of 4 right)."""
+    copy, _ = controls_run
+    frame = read_table(copy / plan.intervention_path("controls", "not_surfaced.csv"))
+    rows = {row["model"]: row for row in not_surfaced_rows(frame, layer=WRONG_LAYER)}
+    assert not rows[MUTATED_MODEL]["pass"], rows[MUTATED_MODEL]
+
+
+def test_wilson_interval():
+    """Wilson (1927): 0 of 4 gives [0, z^2 / (n + z^2)]; an observed rate lies inside its interval."""
+    low, high = wilson_interval(0.0, 4)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(1.959964**2 / (4 + 1.959964**2))
+    assert wilson_interval(1.0, 4)[1] == 1.0
+    low, high = wilson_interval(0.75, 8)
+    assert low < 0.75 < high

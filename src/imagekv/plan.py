@@ -354,7 +354,7 @@ def blink_spec(config: dict, model: str) -> dict:
 
 def answer_override_models(config: dict) -> list[str]:
     """The MLMs whose own BLINK answers take other settings than their blocking run."""
-    return sorted(model for model, section in config["models"].items() if section.get("answers"))
+    return sorted(model for model in config["models"] if answer_cfg(config, model) != model_cfg(config, model))
 
 
 def perception_answers_spec(config: dict, model: str) -> dict:
@@ -408,8 +408,17 @@ def not_surfaced_spec(config: dict) -> dict:
             }
             for model in sorted(config["models"])
         },
-        "params": dict(section),
+        "params": dict(section) | {"readouts": loaded_readouts(config)},
     }
+
+
+def loaded_readouts(config: dict) -> dict:
+    """E6's read-outs of the BLINK subtasks the run loads (`datasets.<blink>.subtasks`; all when unset):
+    a run of a few subtasks, such as the controls run, reads out only those."""
+    section = interventions(config)
+    loaded = loader_cfg(config, section["blocking"]["dataset"]).get("subtasks")
+    readouts = section["not_surfaced"]["readouts"]
+    return {subtask: kinds for subtask, kinds in readouts.items() if not loaded or subtask in loaded}
 
 
 def not_surfaced_inputs(config: dict) -> list[str]:

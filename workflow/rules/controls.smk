@@ -10,6 +10,7 @@ rule controls_results:
         ),
         accuracy=plan.intervention_path("{run}", "blink_accuracy.csv"),
         probes=plan.control_probe_inputs(config),
+        not_surfaced=plan.intervention_path("{run}", "not_surfaced.csv"),
     output:
         plan.intervention_path("{run}", "controls.csv"),
     log:
@@ -21,6 +22,7 @@ rule controls_results:
     shell:
         "python -m imagekv controls --spec {params.spec:q} --flags {input.flags:q}"
         " --accuracy {input.accuracy:q} --probes {input.probes:q}"
+        " --not-surfaced {input.not_surfaced:q}"
         " --output {output:q} > {log:q} 2>&1"
 
 

@@ -10,6 +10,9 @@ Probes: per task of plan.CONTROL_PROBE_TASKS, the layer of each informed model's
 against the planted INFO_LAYER (must be equal), and the null model's best score against the noise
 backbone's: it passes within half the distance from that noise bound to the weakest informed
 model's best score, i.e. when it lies nearer the noise bound than the probe's planted signal.
+E6 not surfaced: the Art_Style mean read-out at the planted layer answers every question right, so
+the not-surfaced rate there is the share of questions the model answers wrong (1 - its accuracy,
+the planted rate); the rate's 95 % Wilson interval over the questions must contain it.
 """
 
 from __future__ import annotations
@@ -17,10 +20,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from imagekv.io import read_json
-from imagekv.models.planted import INFO_LAYER, NULL_MODEL, PLANTED_FROM, PLANTED_OFFSETS, planted_layers
+from imagekv.models.planted import (
+    INFO_LAYER,
+    NOT_SURFACED_LAYER,
+    NULL_MODEL,
+    PLANTED_FROM,
+    PLANTED_OFFSETS,
+    planted_layers,
+)
 from imagekv.probes.headline import headline_rows
 from imagekv.results import read_results, read_table, stamp, write_table_rows
 
@@ -95,6 +106,36 @@ def probe_rows(results: pd.DataFrame) -> list[dict]:
     return rows
 
 
+NOT_SURFACED_SUBTASK, NOT_SURFACED_READOUT = "Art_Style", "mean"  # the read-out the E6 plant makes right
+WILSON_Z = 1.959964  # the normal 97.5 % quantile: a 95 % interval
+
+
+def not_surfaced_rows(frame: pd.DataFrame, layer: int = NOT_SURFACED_LAYER) -> list[dict]:
+    """Per model, the not-surfaced rate of the planted read-out at `layer` (the planted one unless a
+    test moves it) against the planted rate, 1 - the model's accuracy on the same questions."""
+    rows = []
+    chosen = frame[(frame["subtask"] == NOT_SURFACED_SUBTASK) & (frame["readout"] == NOT_SURFACED_READOUT)
+                   & (frame["selection"] == "layer") & (frame["layer"].astype(str) == str(layer))]
+    for model, row in chosen.set_index("model").iterrows():
+        planted, rate, n = 1 - float(row["model_accuracy"]), float(row["not_surfaced"]), int(row["n"])
+        low, high = wilson_interval(rate, n)
+        rows.append(_row("E6 not-surfaced", model, f"{NOT_SURFACED_SUBTASK} rate, layer {layer}", round(planted, 6),
+                         rate, passed=low <= planted <= high, low=low, high=high))
+    missing = sorted(set(frame["model"]) - {row["model"] for row in rows})
+    if missing:
+        raise ValueError(f"not_surfaced.csv holds no {NOT_SURFACED_SUBTASK} {NOT_SURFACED_READOUT} read-out at layer "
+                         f"{layer} for {missing}; the controls need interventions.not_surfaced.readouts to include it")
+    return rows
+
+
+def wilson_interval(rate: float, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `rate` observed on `n` trials (Wilson 1927, JASA 22:209)."""
+    centre = (rate + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * np.sqrt(rate * (1 - rate) / n + z**2 / (4 * n**2))
+    # rounded: at rate 0 or 1 the bound is exactly 0 or 1, which floating point misses by an ulp
+    return max(0.0, round(float(centre - half), 12)), min(1.0, round(float(centre + half), 12))
+
+
 def _above_zero(low: float, high: float) -> bool:
     return low > 0
 
@@ -110,9 +151,10 @@ def _row(experiment: str, model: str, control: str, planted, recovered: float, *
 
 
 def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, output: Path,
-             probe_paths: Sequence[Path] = ()) -> None:
-    """Every control's row, from the models' key_variance.json, the collected BLINK accuracy and
-    the probe results of the controls' tasks (the MLMs' values, the noise backbone)."""
+             probe_paths: Sequence[Path] = (), not_surfaced_path: Path | None = None) -> None:
+    """Every control's row, from the models' key_variance.json, the collected BLINK accuracy,
+    the probe results of the controls' tasks (the MLMs' values, the noise backbone) and E6's
+    not_surfaced.csv."""
     rows = []
     if probe_paths:
         rows += probe_rows(pd.concat([read_results(path) for path in probe_paths], ignore_index=True))
@@ -120,4 +162,6 @@ def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, outpu
         flags = read_json(path)
         rows += detection_rows(flags["model"], flags)
     rows += blocking_rows(read_table(accuracy_path))
+    if not_surfaced_path is not None:
+        rows += not_surfaced_rows(read_table(not_surfaced_path))
     write_table_rows(stamp(pd.DataFrame(rows), spec), output, CONTROL_SORT)

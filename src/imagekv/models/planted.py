@@ -1,6 +1,6 @@
-"""Planted twins: the tiny twins (imagekv.models.tiny) with the paper's E4 phenomenon put in by hand,
-at a known place and with a known size, so the controls run (config/controls.yaml) can check that
-the experiments recover them (README, "Controls").
+"""Planted twins: the tiny twins (imagekv.models.tiny) with effects of the paper's experiments (E4,
+the probes, E6) put in by hand, at a known place and with a known size, so the controls run
+(config/controls.yaml) can check that the experiments recover them (README, "Controls").
 
 A planted twin is the same seeded random twin plus fixed forward hooks on its LM, installed in
 code (`build_planted`); nothing is learned and nothing binary is stored. The effects are hooks
@@ -50,10 +50,35 @@ of the prompt's input embeddings (so it differs from image to image and is repro
 probe can read the image from it); in the E4 layers only KV head 1 is replaced, head 0 keeping E4's
 input-agnostic values. INFO_LAYER keeps the twin's own values, which carry the image (the residual
 stream still holds the projected image tokens). In NULL_MODEL, INFO_LAYER is replaced too: its image
-values carry no information in any layer. Consequences: the probes' best layer of every other model
-is INFO_LAYER, and the null model's best score is at the noise backbone's (the calibration `noise`:
-random features). Keys, the projection, the tower and the text tokens are untouched, and the E4
-answer reads the input embeddings, so E4's controls are unchanged.
+values carry no information in any layer. Keys, the projection, the tower and the text tokens are
+untouched, and the E4 answer reads the input embeddings, so E4's controls are unchanged.
+
+E6 (not surfaced), in prompts of one image (the E6 value store holds one image per context, SPEC
+E6; the BLINK questions' prompts of three images are left alone): the values of every image token
+of LM layer NOT_SURFACED_LAYER, all KV heads, are the image's colour code, the share of its pixels
+in each of the 27 colour bins (each RGB channel of the processor's input, un-normalised, cut in
+thirds), scaled to unit norm; the value dimensions past the 27th are 0. This hook is installed
+last, so in that layer the code replaces the probe plant's noise. Every image token of an image
+gets the same code, so the mean value token is the code and the Gram matrix its outer product:
+both read-outs compare the images' palettes.
+
+The layers, then, of the twins' 4 (every model; NULL_MODEL differs only in layer 1):
+
+- layer 0 (NOT_SURFACED_LAYER): one-image prompts, the colour code; other prompts, noise.
+- layer 1 (INFO_LAYER): the twin's own values (NULL_MODEL: noise).
+- layers 2-3 (PLANTED_FROM on, E4): KV head 0 E4's artifact values, KV head 1 noise.
+
+Consequences: the probes' best layer of every model but NULL_MODEL is INFO_LAYER. Their frames are
+one-image prompts, so layer 0 holds the colour code, but it is the same at every token of a frame: a
+probe of patch correspondence can tell no token from another by it, and it scores as the noise
+layers do (DAVIS J&F 0 in the controls run). The null model's best score is therefore at the noise
+backbone's (the calibration `noise`: random features). A synthetic Art_Style question's right
+candidate shares the reference's palette and the wrong one does not
+(imagekv.datasets.synthetic.blink), so E6's value read-out at NOT_SURFACED_LAYER answers every
+Art_Style question right (cosine of the codes; checked over 300 drawn questions); layers 2-3 hold
+noise and E4's input-agnostic values instead. The model's unblocked answer is the E4 plant's, the
+reverse of the perceived one, so it is wrong on a share a of the questions, and the not-surfaced
+rate at NOT_SURFACED_LAYER (read-out right, model wrong) is that share, 1 - the model's accuracy.
 """
 
 from __future__ import annotations
@@ -74,6 +99,8 @@ MISLEAD = 2.0
 HEAD_DIM = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
 KV_HEADS = TINY_LM["num_key_value_heads"]
 QUERY_HEADS_PER_KV = TINY_LM["num_attention_heads"] // KV_HEADS
+NOT_SURFACED_LAYER = 0  # E6: the layer whose values carry each image's colour code (not INFO_LAYER)
+COLOUR_LEVELS = 3  # per RGB channel: 3**3 = 27 colour bins, within the twins' 32 value dimensions
 # RoPE rotates dims (i, i + head_dim/2) by position * theta_i; the last pair turns slowest (well
 # under a degree over the twins' prompts), so a key and a query put there keep their dot product.
 SLOW_PAIR = (HEAD_DIM // 2 - 1, HEAD_DIM - 1)
@@ -91,6 +118,7 @@ def build_planted(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, Pr
     plant = Plant(model, processor)
     plant.install()
     ProbePlant(plant, null=architecture == NULL_MODEL).install()
+    plant.install_colour_code()  # after the probe plant: its code replaces that layer's noise
     return model, processor
 
 
@@ -105,6 +133,10 @@ class Plant:
         self.query_start = 0
         self.embeds: torch.Tensor | None = None
         self.last_heads: torch.Tensor | None = None  # o_proj input of the last layer
+        image_processor = processor.image_processor
+        self.pixel_mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)
+        self.pixel_std = torch.tensor(image_processor.image_std, dtype=torch.float32)
+        self.colour_code: torch.Tensor | None = None  # E6: the code of a one-image prompt's image
 
     def install(self) -> None:
         self.model.register_forward_pre_hook(self._read_prompt, with_kwargs=True)
@@ -118,6 +150,11 @@ class Plant:
         decoder.layers[-1].self_attn.o_proj.register_forward_pre_hook(self._read_heads)
         self.model.get_output_embeddings().register_forward_hook(self._answer)
 
+    def install_colour_code(self) -> None:
+        """E6's hook; hooks run in the order installed, so installed last it has the last word."""
+        layer = self.model.get_decoder().layers[NOT_SURFACED_LAYER]
+        layer.self_attn.v_proj.register_forward_hook(self._plant_colour_code)
+
     # --- what the prompt holds -------------------------------------------------------------------
     def _read_prompt(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids")
@@ -126,6 +163,9 @@ class Plant:
         positions = torch.nonzero(input_ids[0] == self.image_token_id).squeeze(1)
         self.runs = self._image_runs(positions, kwargs.get("image_sizes"))
         self.query_start = int(positions[-1]) + 1 if len(positions) else input_ids.shape[1]
+        pixels = kwargs.get("pixel_values")
+        one_image = len(self.runs) == 1 and pixels is not None
+        self.colour_code = colour_code(pixels, self.pixel_mean, self.pixel_std) if one_image else None
         return None
 
     def _image_runs(self, positions: torch.Tensor, image_sizes) -> list[torch.Tensor]:
@@ -187,6 +227,15 @@ class Plant:
             output[0, later.to(output.device), head * HEAD_DIM + SLOW_PAIR[0]] = ARTIFACT_GAIN
         return output
 
+    def _plant_colour_code(self, module, args, output):
+        if output.shape[1] == 1 or self.colour_code is None:
+            return None
+        output = output.clone()
+        code = torch.zeros(output.shape[-1], dtype=output.dtype, device=output.device)
+        code[: len(self.colour_code)] = self.colour_code.to(output.dtype)
+        output[0, self.runs[0].to(output.device)] = code
+        return output
+
     def _read_heads(self, module, args):
         self.last_heads = args[0][0, -1].detach()
         return None
@@ -217,6 +266,22 @@ def perceived_vote(reference: torch.Tensor, first: torch.Tensor, second: torch.T
     second's (the answer A), as a share of the two distances."""
     near_first, near_second = (reference - first).norm(), (reference - second).norm()
     return (near_second - near_first) / (near_first + near_second)
+
+
+def colour_code(pixel_values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The unit-norm share of an image's input pixels in each of the COLOUR_LEVELS**3 colour bins.
+    pixel_values as the processor gives them: the LLaVA family's [images, crops, 3, H, W], or
+    Qwen2.5-VL's flattened patches [patches, 3 * temporal * patch * patch] (channel first)."""
+    pixels = pixel_values.detach().float()
+    if pixels.ndim == 2:
+        channels = pixels.reshape(pixels.shape[0], 3, -1).transpose(0, 1).reshape(3, -1)
+    else:
+        channels = pixels.movedim(-3, 0).reshape(3, -1)
+    rgb = channels.cpu() * std[:, None] + mean[:, None]
+    levels = (rgb * COLOUR_LEVELS).floor().clamp(0, COLOUR_LEVELS - 1).long()
+    bins = (levels[0] * COLOUR_LEVELS + levels[1]) * COLOUR_LEVELS + levels[2]
+    counts = torch.bincount(bins, minlength=COLOUR_LEVELS**3).float()
+    return counts / counts.norm()
 
 
 def _letter_ids(tokenizer, letter: str) -> list[int]:
