@@ -192,7 +192,7 @@ def controls(args: argparse.Namespace) -> None:
     from imagekv.interventions.controls import controls as run
 
     run(json.loads(args.spec), [Path(p) for p in args.flags], Path(args.accuracy), Path(args.output),
-        [Path(p) for p in args.probes], not_surfaced_path=Path(args.not_surfaced) if args.not_surfaced else None)
+        [Path(p) for p in args.probes], Path(args.not_surfaced))
 
 
 def concat(args: argparse.Namespace) -> None:
@@ -308,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("controls", controls)
     sub.add_argument("--flags", required=True, nargs="+", help="key_variance.json of each planted model")
     sub.add_argument("--accuracy", required=True, help="the collected BLINK accuracy")
-    sub.add_argument("--probes", nargs="*", default=[], help="probe results of the controls' tasks")
+    sub.add_argument("--probes", required=True, nargs="+", help="probe results of the controls' tasks")
     sub.add_argument("--output", required=True)
-    sub.add_argument("--not-surfaced", help="E6's not_surfaced.csv")
+    sub.add_argument("--not-surfaced", required=True, help="E6's not_surfaced.csv")
     sub = command("concat", concat, spec=False)
     sub.add_argument("--output", required=True)
     sub.add_argument("--sort", required=True, help="comma-separated columns to sort the rows by")

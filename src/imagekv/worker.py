@@ -38,6 +38,7 @@ Snakemake job stays its own job, with its own log, params and exit status:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -125,7 +126,7 @@ def _run_remote(conn: socket.socket, entry: str) -> tuple[str, int]:
 
     def forward(number, _frame):
         if pending is None:
-            with _ignoring(OSError):
+            with contextlib.suppress(OSError):
                 conn.sendall(f"signal {number}\n".encode())
         else:
             pending.append(number)
@@ -288,7 +289,7 @@ def serve(base: str, path: str) -> None:
         _reap(children, selector)
         if children:
             last_active = time.monotonic()  # idle counts from the end of the last command
-    with _ignoring(OSError):
+    with contextlib.suppress(OSError):
         if os.stat(socket_path).st_ino == inode:  # not a newer server's socket
             os.unlink(socket_path)
     print(f"worker {os.getpid()} idle for {idle:g} s: exiting", flush=True)
@@ -356,13 +357,13 @@ def _client_message(conn: socket.socket, pid: int, selector) -> None:
     except OSError:
         data = b""
     if not data:
-        with _ignoring(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # not reaped yet, so the pid is still this child's
         selector.unregister(conn)
         return
     for line in data.split(b"\n"):
         if line.startswith(b"signal "):
-            with _ignoring(ProcessLookupError, ValueError):
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(pid, int(line.split()[1]))
 
 
@@ -379,22 +380,11 @@ def _reap(children: dict[int, socket.socket], selector) -> None:
         if conn is None:
             continue
         ended = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}"
-        with _ignoring(OSError):
+        with contextlib.suppress(OSError):
             conn.sendall(f"{ended}\n".encode())
-        with _ignoring(KeyError, ValueError):
+        with contextlib.suppress(KeyError, ValueError):
             selector.unregister(conn)
         conn.close()
-
-
-class _ignoring:
-    def __init__(self, *errors):
-        self.errors = errors
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, _value, _traceback):
-        return kind is not None and issubclass(kind, self.errors)
 
 
 # ---------------------------------------------------------------- child
@@ -432,9 +422,9 @@ def _die_with(server: int) -> None:
 def _become_client(request: dict) -> None:
     os.chdir(request["cwd"])
     os.umask(request["umask"])
-    with _ignoring(OSError):
+    with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, request["nice"])  # only ever nicer than the server
-    with _ignoring(OSError):
+    with contextlib.suppress(OSError):
         os.sched_setaffinity(0, request["cpus"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -491,5 +481,5 @@ def _exit_code(code) -> int:
 
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
-        with _ignoring(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()

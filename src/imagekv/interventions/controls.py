@@ -151,17 +151,15 @@ def _row(experiment: str, model: str, control: str, planted, recovered: float, *
 
 
 def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, output: Path,
-             probe_paths: Sequence[Path] = (), not_surfaced_path: Path | None = None) -> None:
+             probe_paths: Sequence[Path], not_surfaced_path: Path) -> None:
     """Every control's row, from the models' key_variance.json, the collected BLINK accuracy,
     the probe results of the controls' tasks (the MLMs' values, the noise backbone) and E6's
     not_surfaced.csv."""
     rows = []
-    if probe_paths:
-        rows += probe_rows(pd.concat([read_results(path) for path in probe_paths], ignore_index=True))
+    rows += probe_rows(pd.concat([read_results(path) for path in probe_paths], ignore_index=True))
     for path in flags_paths:
         flags = read_json(path)
         rows += detection_rows(flags["model"], flags)
     rows += blocking_rows(read_table(accuracy_path))
-    if not_surfaced_path is not None:
-        rows += not_surfaced_rows(read_table(not_surfaced_path))
+    rows += not_surfaced_rows(read_table(not_surfaced_path))
     write_table_rows(stamp(pd.DataFrame(rows), spec), output, CONTROL_SORT)
