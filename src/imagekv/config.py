@@ -8,6 +8,8 @@ error (YAML loaders silently keep the last one).
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -54,9 +56,16 @@ def check_config_file(path: str | Path) -> dict:
             f"{path}: not UTF-8 (byte {error.start}: {error.reason}); save the config as UTF-8"
         ) from error
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        return copy.deepcopy(_parse_strictly(text))
     except (yaml.YAMLError, _DuplicateKey) as error:
         raise ConfigError(f"{path}: {error}") from error
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_strictly(text: str) -> Any:
+    """Parsed once per text: a Snakemake run reads the smoke config twice (the Snakefile, then
+    common.smk); callers get copies, so the cached value never changes."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
 
 
 def merge_configs(configs: list[dict]) -> dict:

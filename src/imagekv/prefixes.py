@@ -13,8 +13,10 @@ import dataclasses
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from imagekv.datasets.schema import TextQuery
+if TYPE_CHECKING:  # imported where needed: the Snakefile reads is_template (via imagekv.plan) on every run
+    from imagekv.datasets.schema import TextQuery
 
 ITEM_FIELDS = ("text", "category")
 
@@ -63,6 +65,8 @@ def fill(prefix: str, query: TextQuery) -> str:
 
 def prefix_items(samples: Iterable, prefix: str, dataset: str) -> dict[str, PrefixItem]:
     """item key -> its extraction, for every text query among `samples`."""
+    from imagekv.datasets.schema import TextQuery  # numpy and PIL: not at import (see above)
+
     items = {}
     for sample in samples:
         if not isinstance(sample, TextQuery):
