@@ -17,8 +17,9 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from imagekv.figures.key_variance_maps import grid_shape, shown_rows
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save, stamp
 from imagekv.io import read_json
+from imagekv.labels import MODEL_LABELS, Provenance
 
 
 def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: str) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save, stamp
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.results import read_table
 
 PASS_COLORS = {True: "tab:green", False: "tab:red"}

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import seaborn as sns
 
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save, stamp
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.results import read_table
 
 

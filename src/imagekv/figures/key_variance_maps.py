@@ -13,8 +13,9 @@ from pathlib import Path
 import matplotlib.colors as mcolors
 import numpy as np
 
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save, stamp
 from imagekv.io import read_json
+from imagekv.labels import MODEL_LABELS, Provenance
 
 SHOWN_LAYERS = 6  # at most this many layers, evenly spaced from the first to the last
 

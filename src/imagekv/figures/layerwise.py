@@ -17,9 +17,9 @@ import pandas as pd
 
 from imagekv import pairing as pairs
 from imagekv.figures.style import (
-    METRIC_LABELS, MODEL_COLORS, MODEL_LABELS, OWN_REFERENCE_LINE, PROJECTION_LINE, REFERENCE_STYLE, TOWER_LINE,
-    Provenance, apply_style, panels, save, stamp,
+    MODEL_COLORS, OWN_REFERENCE_LINE, PROJECTION_LINE, REFERENCE_STYLE, TOWER_LINE, apply_style, panels, save, stamp,
 )
+from imagekv.labels import METRIC_LABELS, MODEL_LABELS, Provenance
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES, headline_rows
 from imagekv.results import read_results
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import seaborn as sns
 
-from imagekv.figures.style import METRIC_LABELS, MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save, stamp
 from imagekv.interventions.prefix import IN_CONTEXT, condition_order
+from imagekv.labels import METRIC_LABELS, MODEL_LABELS, Provenance
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES, headline
 from imagekv.results import read_results
 

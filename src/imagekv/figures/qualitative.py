@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from imagekv.datasets.schema import VOID
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save, stamp
 from imagekv.io import read_json
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.probes.headline import TASK_ORDER, TASK_TITLES
 
 SOURCES = ("{model}", "{model} projection", "siglip")

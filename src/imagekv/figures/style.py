@@ -1,89 +1,31 @@
-"""The one style every figure shares, the provenance footer, and deterministic saving.
+"""The one style every figure shares, the footer's placement, and deterministic saving.
 
-Editing this file reruns every plotting rule and nothing else (the plotting rules list it as input).
-matplotlib and seaborn are imported on first use: table jobs and the Snakefile, which read only the
-labels and the footer from here, never pay for them.
+Editing this file reruns every plotting rule and nothing else (the plotting rules list it as input;
+the names and the footer's text, which tables share, are in imagekv.labels). matplotlib and seaborn
+are imported on first use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imagekv.io import atomic_path
-from imagekv.pairing import notes as pairing_notes
+from imagekv.labels import SMOKE_MARK, Provenance
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
-MODEL_LABELS = {
-    "llava_onevision": "LLaVA-OneVision",
-    "qwen2_5_vl": "Qwen2.5-VL",
-    "llava_next": "Llama-3-LLaVA-NeXT",
-    "siglip": "SigLIP",
-    "clip": "CLIP ViT-L/14-336",
-    "oracle": "oracle",
-    "noise": "noise",
-}
 # The first three colours of seaborn's "colorblind" palette (seaborn/palettes.py, SEABORN_PALETTES),
-# written out so that reading a label does not import seaborn.
+# written out so that reading a colour does not import seaborn.
 MODEL_COLORS = dict(zip(("llava_onevision", "qwen2_5_vl", "llava_next"), ("#0173B2", "#DE8F05", "#029E73")))
 REFERENCE_STYLE = {"siglip": ("black", ":"), "clip": ("black", "-."), "oracle": ("0.6", "-"), "noise": ("0.6", "--")}
 # Lines in an MLM's colour: its projector output, its own vision tower, its own reference encoders.
 PROJECTION_LINE, TOWER_LINE, OWN_REFERENCE_LINE = "--", ":", "-."
-SMOKE_MARK = "smoke scale: random-weight models"
-METRIC_LABELS = {"miou": "mIoU", "fbiou": "FB-IoU", "jaccard": "Jaccard", "precision": "precision",
-                 "pck@0.1": "PCK@0.1", "j&f": "J&F", "j": "J", "f": "F", "pointing": "pointing acc."}
 FOOTER_FONTSIZE = 6
 FOOTER_CHARS_PER_INCH = 20  # characters of the footer font per inch of figure width
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What produced a figure or table, printed in its footer."""
-
-    run: str
-    scale: str
-    models: Sequence[str]
-    grid: str
-    prefix: str
-    samples: str
-    layers: str = ""
-    notes: tuple[str, ...] = ()  # e.g. the reference pairing's (imagekv.pairing)
-
-    @classmethod
-    def from_results(
-        cls, frame, run: str, scale: str, prefix: str = "none", pairing: dict | None = None
-    ) -> "Provenance":
-        """Models, grids, depths and sample sizes as they appear in a tidy result frame; with a
-        reference `pairing` (imagekv.pairing), the notes of its models."""
-        mlm = frame[frame["representation"] == "values"]
-        depths = mlm.groupby("model")["layer"].max() + 1
-        return cls(
-            run=run,
-            scale=scale,
-            models=sorted(frame["model"].unique()),
-            grid=", ".join(sorted(frame["grid"].astype(str).unique())),
-            prefix=prefix,
-            samples=", ".join(f"{t}={n}" for t, n in frame.groupby("task")["n"].max().items()),
-            layers=", ".join(f"{MODEL_LABELS.get(m, m)} {d}" for m, d in depths.items()),
-            notes=pairing_notes(pairing, frame["model"]),
-        )
-
-    def footer(self) -> str:
-        parts = [
-            f"run: {self.run} ({self.scale})",
-            "models: " + ", ".join(MODEL_LABELS.get(m, m) for m in self.models),
-            f"layers: {self.layers}" if self.layers else "",
-            f"grid: {self.grid}",
-            f"prefix: {self.prefix}",
-            f"n: {self.samples}",
-            *self.notes,
-        ]
-        return " | ".join(p for p in parts if p)
 
 
 def pyplot():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from imagekv import pairing as pairs
 from imagekv.figures.layerwise import draw_curves, figure_legend
-from imagekv.figures.style import METRIC_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save, stamp
+from imagekv.labels import METRIC_LABELS, Provenance
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_TITLES
 from imagekv.results import read_results
 
