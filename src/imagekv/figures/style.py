@@ -42,7 +42,7 @@ def apply_style() -> None:
     import seaborn as sns
 
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9)
-    pyplot().rcParams.update({"figure.dpi": 150, "savefig.bbox": "tight", "pdf.fonttype": 42})
+    pyplot().rcParams.update({"figure.dpi": 150, "pdf.fonttype": 42})
 
 
 def panels(
@@ -65,9 +65,11 @@ def stamp(fig: plt.Figure, provenance: Provenance) -> None:
     """The provenance footer under everything drawn so far, and at smoke scale a watermark.
 
     Call it last: the figure is laid out first and the footer goes below the lowest artist (tick
-    labels, axis labels, legends), wrapped to the figure's width, so nothing overlaps it.
+    labels, axis labels, legends), wrapped to the figure's width, so nothing overlaps it. The layout
+    is final from here on: `save` draws each format once, without laying the figure out again.
     """
-    fig.canvas.draw()
+    fig.draw_without_rendering()
+    fig.set_layout_engine(None)
     drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
     footer = textwrap.fill(provenance.footer(), width=int(FOOTER_CHARS_PER_INCH * max(drawn.width, 3.0)))
     fig.text(
@@ -83,10 +85,13 @@ def stamp(fig: plt.Figure, provenance: Provenance) -> None:
 
 
 def save(fig: plt.Figure, outputs: Sequence[str | Path]) -> None:
-    """Write each output (format from its suffix) atomically, without timestamps in the file."""
+    """Write each output (format from its suffix) atomically, without timestamps in the file,
+    cropped to what is drawn: one bounding box for all formats, so none lays the figure out again."""
+    plt = pyplot()
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
     for output in outputs:
         fmt = Path(output).suffix.lstrip(".")
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
         with atomic_path(output) as tmp:
-            fig.savefig(tmp, format=fmt, metadata=metadata)
-    pyplot().close(fig)
+            fig.savefig(tmp, format=fmt, metadata=metadata, bbox_inches=drawn)
+    plt.close(fig)
