@@ -43,8 +43,7 @@ def test_saved_figures_are_byte_identical_across_saves(tmp_path):
     def draw(stem):
         fig, ax = plt.subplots()
         ax.plot([0, 1], [1, 0])
-        stamp(fig, PROVENANCE)
-        save(fig, [tmp_path / f"{stem}.pdf", tmp_path / f"{stem}.png"])
+        save(fig, [tmp_path / f"{stem}.pdf", tmp_path / f"{stem}.png"], PROVENANCE)
 
     draw("a")
     draw("b")

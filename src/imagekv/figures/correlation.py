@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from imagekv.figures.style import MODEL_COLORS, apply_style, panels, save, stamp
+from imagekv.figures.style import MODEL_COLORS, apply_style, panels, save
 from imagekv.io import read_json
 from imagekv.labels import MODEL_LABELS, Provenance
 
@@ -30,8 +30,7 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
         draw_reading(ax, result[reading])
         ax.set_xlabel(label)
         ax.set_ylabel(f"BLINK {result['spec']['subtask']} accuracy")
-    stamp(fig, Provenance.from_correlation(result, run, scale))
-    save(fig, outputs)
+    save(fig, outputs, Provenance.from_correlation(result, run, scale))
 
 
 def draw_reading(ax, reading: dict) -> None:

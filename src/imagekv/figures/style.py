@@ -17,6 +17,7 @@ from imagekv.labels import SMOKE_MARK, Provenance
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import Bbox
 
 # The first three colours of seaborn's "colorblind" palette (seaborn/palettes.py, SEABORN_PALETTES),
 # written out so that reading a colour does not import seaborn.
@@ -61,37 +62,44 @@ def panels(
     return fig, cells[:count]
 
 
-def stamp(fig: plt.Figure, provenance: Provenance) -> None:
-    """The provenance footer under everything drawn so far, and at smoke scale a watermark.
+def stamp(fig: plt.Figure, provenance: Provenance) -> Bbox:
+    """The provenance footer under everything drawn so far, and at smoke scale a watermark; returns
+    the box (inches) to crop the saved figure to: everything drawn, padded as savefig pads.
 
     Call it last: the figure is laid out first and the footer goes below the lowest artist (tick
     labels, axis labels, legends), wrapped to the figure's width, so nothing overlaps it. The layout
-    is final from here on: `save` draws each format once, without laying the figure out again.
+    is final from here on: each format is drawn once, without laying the figure out again.
     """
-    fig.draw_without_rendering()
+    from matplotlib.transforms import Bbox
+
+    if fig.get_layout_engine() is not None:
+        fig.get_layout_engine().execute(fig)  # places the panels; no draw needed to measure them
     fig.set_layout_engine(None)
-    drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+    renderer = fig.canvas.get_renderer()
+    drawn = fig.get_tightbbox(renderer)  # inches
     footer = textwrap.fill(provenance.footer(), width=int(FOOTER_CHARS_PER_INCH * max(drawn.width, 3.0)))
-    fig.text(
+    added = [fig.text(
         drawn.x0 / fig.get_figwidth() + drawn.width / 2 / fig.get_figwidth(),
         (drawn.y0 - 0.05) / fig.get_figheight(),
         footer, ha="center", va="top", fontsize=FOOTER_FONTSIZE, color="0.3",
-    )
+    )]
     if provenance.scale == "smoke":
-        fig.text(
+        added.append(fig.text(
             0.5, 0.5, SMOKE_MARK, ha="center", va="center", rotation=20, fontsize=min(22, 3 * fig.get_figwidth()),
             color="red", alpha=0.25, transform=fig.transFigure, zorder=100,
-        )
+        ))
+    # The figure's tight box with the added text, without measuring every panel again.
+    boxes = [drawn] + [text.get_tightbbox(renderer).transformed(fig.dpi_scale_trans.inverted()) for text in added]
+    return Bbox.union(boxes).padded(pyplot().rcParams["savefig.pad_inches"])
 
 
-def save(fig: plt.Figure, outputs: Sequence[str | Path]) -> None:
-    """Write each output (format from its suffix) atomically, without timestamps in the file,
-    cropped to what is drawn: one bounding box for all formats, so none lays the figure out again."""
-    plt = pyplot()
-    drawn = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
+def save(fig: plt.Figure, outputs: Sequence[str | Path], provenance: Provenance) -> None:
+    """Stamp the footer (`stamp`), then write each output (format from its suffix) atomically,
+    without timestamps in the file, every format cropped to the same box."""
+    crop = stamp(fig, provenance)
     for output in outputs:
         fmt = Path(output).suffix.lstrip(".")
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
         with atomic_path(output) as tmp:
-            fig.savefig(tmp, format=fmt, metadata=metadata, bbox_inches=drawn)
-    plt.close(fig)
+            fig.savefig(tmp, format=fmt, metadata=metadata, bbox_inches=crop)
+    pyplot().close(fig)
