@@ -1,5 +1,7 @@
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -9,7 +11,8 @@ import yaml
 
 from imagekv import cli
 from imagekv.figures import layerwise, task_curves
-from imagekv.figures.style import SMOKE_MARK, Provenance, panels, save, stamp
+from imagekv.figures.style import panels, save, stamp
+from imagekv.labels import SMOKE_MARK, Provenance
 from imagekv.tables import best_layers, paper_comparison, write_table
 from workflow_runs import ROOT, failure_details, snakemake  # noqa: F401
 
@@ -29,12 +32,18 @@ def test_table_formats_agree_and_carry_provenance(tmp_path):
         assert "run: smoke (smoke)" in text and SMOKE_MARK in text
 
 
+def test_tables_do_not_import_the_figure_code():
+    """The table rules list the labels, not the figures' style, as input: restyling reruns no table."""
+    probe = f"import sys, {', '.join(cli.TABLES.values())}; print(sorted(m for m in sys.modules if 'figures' in m))"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "[]"
+
+
 def test_saved_figures_are_byte_identical_across_saves(tmp_path):
     def draw(stem):
         fig, ax = plt.subplots()
         ax.plot([0, 1], [1, 0])
-        stamp(fig, PROVENANCE)
-        save(fig, [tmp_path / f"{stem}.pdf", tmp_path / f"{stem}.png"])
+        save(fig, [tmp_path / f"{stem}.pdf", tmp_path / f"{stem}.png"], PROVENANCE)
 
     draw("a")
     draw("b")

@@ -149,7 +149,7 @@ def _first_panel(figure_module, record: dict, tmp_path, monkeypatch):
     """The first panel of the figure `figure_module` draws from a key-variance record."""
     write_json(tmp_path / "kv.json", record)
     drawn = []
-    monkeypatch.setattr(figure_module, "save", lambda fig, outputs: drawn.append(fig))
+    monkeypatch.setattr(figure_module, "save", lambda fig, outputs, provenance: drawn.append(fig))
     figure_module.plot(tmp_path / "kv.json", [tmp_path / "figure.png"], "smoke", "smoke")
     (fig,) = drawn
     return fig.axes[0]

@@ -106,7 +106,7 @@ def test_the_figure_has_a_row_per_probe_and_names_the_tuned_tau(tmp_path, monkey
         "params": {task: tuned if task in ("semantic_seg", "referring_seg") else {} for task in figure.TASK_ORDER},
         "texts": {"semantic_seg": "dog", "referring_seg": "the left dog"}})
     drawn = []
-    monkeypatch.setattr(figure, "save", lambda fig, outputs: drawn.append(fig))
+    monkeypatch.setattr(figure, "save", lambda fig, outputs, provenance: drawn.append(fig))
     figure.plot(tmp_path / "examples.npz", [tmp_path / "q.png"], "smoke", "smoke")
     (fig,) = drawn
     titles = [ax.get_title() for ax in fig.axes]

@@ -64,6 +64,7 @@ PRELOAD = (
     "transformers.models.qwen2_vl.image_processing_qwen2_vl",
     "transformers.models.siglip.modeling_siglip", "transformers.models.clip.modeling_clip",
     "pandas", "matplotlib", "matplotlib.pyplot", "seaborn",
+    "matplotlib.backends.backend_pdf",  # with fontTools.subset: 0.18 s of CPU in every figure job
 )
 # Environment variables (by prefix) that the preimported libraries, the loader or the C runtimes may
 # read at import time: a server is shared only by clients that agree on all of them.

@@ -3,8 +3,10 @@
 
 from imagekv.tables.paper_comparison import result_tables
 
-FIGURE_CODE = ["src/imagekv/figures/style.py", "src/imagekv/pairing.py"]
-TABLE_CODE = FIGURE_CODE + ["src/imagekv/tables/__init__.py"]
+LABEL_CODE = ["src/imagekv/labels.py", "src/imagekv/pairing.py"]
+FIGURE_CODE = LABEL_CODE + ["src/imagekv/figures/style.py"]
+# Tables share the labels and the footer, not the figures' style: a restyle reruns no table.
+TABLE_CODE = LABEL_CODE + ["src/imagekv/tables/__init__.py"]
 
 
 rule figure_layerwise_probes:
@@ -88,8 +90,7 @@ rule figure_qualitative_examples:
 rule table_best_layers:
     input:
         results="results/{run}/probes.csv",
-        code=TABLE_CODE
-        + ["src/imagekv/figures/layerwise.py", "src/imagekv/tables/best_layers.py"],
+        code=TABLE_CODE + ["src/imagekv/tables/best_layers.py"],
     output:
         report(
             "paper_tables/{run}/best_layers.csv",

@@ -17,8 +17,9 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from imagekv.figures.key_variance_maps import grid_shape, shown_rows
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save
 from imagekv.io import read_json
+from imagekv.labels import MODEL_LABELS, Provenance
 
 
 def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: str) -> None:
@@ -56,12 +57,11 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
     fig.suptitle(f"{MODEL_LABELS.get(record['model'], record['model'])}: input-agnostic tokens (red, "
                  f"ν < τ = {record['tau']:g}) and their value norms")
     spec = record["spec"]
-    stamp(fig, Provenance(
+    save(fig, outputs, Provenance(
         run=run, scale=scale, models=[record["model"]], grid=record["grid"], prefix=spec.get("prefix", "none"),
         samples=f"{spec.get('dataset', 'pool')} images={record['num_images']}",
         layers=", ".join(str(record["layers"][row]) for row in shown),
     ))
-    save(fig, outputs)
 
 
 def _mean(norms: np.ndarray, mask: np.ndarray) -> str:

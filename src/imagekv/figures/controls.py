@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.results import read_table
 
 PASS_COLORS = {True: "tab:green", False: "tab:red"}
@@ -33,9 +34,9 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
         ax.axvline(0, color="0.6", lw=0.8)
         ax.set_title(MODEL_LABELS.get(model, model))
         ax.set_xlabel("recovered (| planted)")
-    stamp(fig, Provenance(run=run, scale=scale, models=models, grid="fixed layout (planted twins)", prefix="none",
-                          samples=f"controls={len(frame)}, passing={int(frame['pass'].astype(bool).sum())}"))
-    save(fig, outputs)
+    passing = int(frame["pass"].astype(bool).sum())
+    save(fig, outputs, Provenance(run=run, scale=scale, models=models, grid="fixed layout (planted twins)",
+                                  prefix="none", samples=f"controls={len(frame)}, passing={passing}"))
 
 
 def _number(text) -> float | None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from imagekv.figures.style import MODEL_COLORS, MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import MODEL_COLORS, apply_style, panels, save
 from imagekv.io import read_json
+from imagekv.labels import MODEL_LABELS, Provenance
 
 READINGS = {
     "projection_quality": "input-projection quality (x1, normalised)",
@@ -29,8 +30,7 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
         draw_reading(ax, result[reading])
         ax.set_xlabel(label)
         ax.set_ylabel(f"BLINK {result['spec']['subtask']} accuracy")
-    stamp(fig, provenance(result, run, scale))
-    save(fig, outputs)
+    save(fig, outputs, Provenance.from_correlation(result, run, scale))
 
 
 def draw_reading(ax, reading: dict) -> None:
@@ -50,11 +50,3 @@ def correlation_label(reading: dict) -> str:
 
     note = f"n = {reading['n']}, descriptive" if reading["descriptive"] else f"n = {reading['n']}"
     return f"Pearson r = {number(reading['pearson'])}\nSpearman ρ = {number(reading['spearman'])}\n({note})"
-
-
-def provenance(result: dict, run: str, scale: str) -> Provenance:
-    spec = result["spec"]
-    return Provenance(
-        run=run, scale=scale, models=spec["models"], grid="probe grids", prefix="none",
-        samples=f"tasks={','.join(result['tasks'])}; perception=BLINK {spec['subtask']} ({spec['condition']})",
-    )

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import seaborn as sns
 
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.results import read_table
 
 
@@ -30,8 +31,7 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
         ax.set_ylabel("fraction of key positions flagged")
         ax.set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=6, loc="upper left")
-    stamp(fig, provenance(frame, run, scale))
-    save(fig, outputs)
+    save(fig, outputs, provenance(frame, run, scale))
 
 
 def draw_fractions(ax, rows) -> None:

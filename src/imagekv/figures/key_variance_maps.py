@@ -13,8 +13,9 @@ from pathlib import Path
 import matplotlib.colors as mcolors
 import numpy as np
 
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save
 from imagekv.io import read_json
+from imagekv.labels import MODEL_LABELS, Provenance
 
 SHOWN_LAYERS = 6  # at most this many layers, evenly spaced from the first to the last
 
@@ -40,12 +41,11 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
     fig.colorbar(image, ax=axes, shrink=0.8, label="ν (cross-image key variance / median)")
     fig.suptitle(f"{MODEL_LABELS.get(record['model'], record['model'])}: dots = ν < τ = {record['tau']:g}")
     spec = record["spec"]
-    stamp(fig, Provenance(
+    save(fig, outputs, Provenance(
         run=run, scale=scale, models=[record["model"]], grid=record["grid"], prefix=spec.get("prefix", "none"),
         samples=f"{spec.get('dataset', 'pool')} images={record['num_images']}",
         layers=f"{len(record['layers'])}",
     ))
-    save(fig, outputs)
 
 
 def grid_shape(label: str, source: str | Path) -> tuple[int, int]:

@@ -17,9 +17,9 @@ import pandas as pd
 
 from imagekv import pairing as pairs
 from imagekv.figures.style import (
-    METRIC_LABELS, MODEL_COLORS, MODEL_LABELS, OWN_REFERENCE_LINE, PROJECTION_LINE, REFERENCE_STYLE, TOWER_LINE,
-    Provenance, apply_style, panels, save, stamp,
+    MODEL_COLORS, OWN_REFERENCE_LINE, PROJECTION_LINE, REFERENCE_STYLE, TOWER_LINE, apply_style, panels, save,
 )
+from imagekv.labels import METRIC_LABELS, MODEL_LABELS, Provenance
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES, headline_rows
 from imagekv.results import read_results
 
@@ -50,8 +50,7 @@ def plot(
         ax.set_title(TASK_TITLES[task])
         ax.set_ylabel(METRIC_LABELS.get(HEADLINE_METRICS[task], HEADLINE_METRICS[task]))
     figure_legend(fig, axes)
-    stamp(fig, Provenance.from_results(frame[frame["task"].isin(chosen)], run, scale, pairing=pairing))
-    save(fig, outputs)
+    save(fig, outputs, Provenance.from_results(frame[frame["task"].isin(chosen)], run, scale, pairing=pairing))
 
 
 def draw_curves(ax: plt.Axes, rows: pd.DataFrame, x_axis: str = "depth", pairing: dict | None = None) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import seaborn as sns
 
-from imagekv.figures.style import METRIC_LABELS, MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save
 from imagekv.interventions.prefix import IN_CONTEXT, condition_order
+from imagekv.labels import METRIC_LABELS, MODEL_LABELS, Provenance
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, TASK_TITLES, headline
 from imagekv.results import read_results
 
@@ -54,5 +55,4 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
     fig.legend([handles[label] for label in labels], labels, title="prefix", loc="outside upper center",
                ncols=min(len(labels), 6), fontsize=6, title_fontsize=6)
     fig.text(0.5, 0.0, LAYER0_NOTE, ha="center", va="top", fontsize=6, wrap=True)
-    stamp(fig, Provenance.from_results(rows, run, scale, prefix=", ".join(labels)))
-    save(fig, outputs)
+    save(fig, outputs, Provenance.from_results(rows, run, scale, prefix=", ".join(labels)))

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from imagekv.datasets.schema import VOID
-from imagekv.figures.style import MODEL_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save
 from imagekv.io import read_json
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.probes.headline import TASK_ORDER, TASK_TITLES
 
 SOURCES = ("{model}", "{model} projection", "siglip")
@@ -37,10 +38,10 @@ def plot(examples: str | Path, outputs: Sequence[str | Path], run: str, scale: s
             _segmentation_row(cells, arrays, task, present, meta)
     for ax in axes:
         ax.set_axis_off()
+        ax.set(xticks=[], yticks=[])  # an axis that is off is still measured for each title: nothing to measure
     layers = ", ".join(f"{task} layer {meta['layers'][task]}" for task in tasks)
-    stamp(fig, Provenance(run, scale, [model, "siglip"], grid="as extracted", prefix="none", samples="1 each",
-                          layers=f"{MODEL_LABELS.get(model, model)}: {layers}"))
-    save(fig, outputs)
+    save(fig, outputs, Provenance(run, scale, [model, "siglip"], grid="as extracted", prefix="none",
+                                  samples="1 each", layers=f"{MODEL_LABELS.get(model, model)}: {layers}"))
 
 
 def _label(source: str, layer: int) -> str:

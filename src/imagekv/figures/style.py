@@ -1,89 +1,32 @@
-"""The one style every figure shares, the provenance footer, and deterministic saving.
+"""The one style every figure shares, the footer's placement, and deterministic saving.
 
-Editing this file reruns every plotting rule and nothing else (the plotting rules list it as input).
-matplotlib and seaborn are imported on first use: table jobs and the Snakefile, which read only the
-labels and the footer from here, never pay for them.
+Editing this file reruns every plotting rule and nothing else (the plotting rules list it as input;
+the names and the footer's text, which tables share, are in imagekv.labels). matplotlib and seaborn
+are imported on first use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imagekv.io import atomic_path
-from imagekv.pairing import notes as pairing_notes
+from imagekv.labels import SMOKE_MARK, Provenance
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import Bbox
 
-MODEL_LABELS = {
-    "llava_onevision": "LLaVA-OneVision",
-    "qwen2_5_vl": "Qwen2.5-VL",
-    "llava_next": "Llama-3-LLaVA-NeXT",
-    "siglip": "SigLIP",
-    "clip": "CLIP ViT-L/14-336",
-    "oracle": "oracle",
-    "noise": "noise",
-}
 # The first three colours of seaborn's "colorblind" palette (seaborn/palettes.py, SEABORN_PALETTES),
-# written out so that reading a label does not import seaborn.
+# written out so that reading a colour does not import seaborn.
 MODEL_COLORS = dict(zip(("llava_onevision", "qwen2_5_vl", "llava_next"), ("#0173B2", "#DE8F05", "#029E73")))
 REFERENCE_STYLE = {"siglip": ("black", ":"), "clip": ("black", "-."), "oracle": ("0.6", "-"), "noise": ("0.6", "--")}
 # Lines in an MLM's colour: its projector output, its own vision tower, its own reference encoders.
 PROJECTION_LINE, TOWER_LINE, OWN_REFERENCE_LINE = "--", ":", "-."
-SMOKE_MARK = "smoke scale: random-weight models"
-METRIC_LABELS = {"miou": "mIoU", "fbiou": "FB-IoU", "jaccard": "Jaccard", "precision": "precision",
-                 "pck@0.1": "PCK@0.1", "j&f": "J&F", "j": "J", "f": "F", "pointing": "pointing acc."}
 FOOTER_FONTSIZE = 6
 FOOTER_CHARS_PER_INCH = 20  # characters of the footer font per inch of figure width
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What produced a figure or table, printed in its footer."""
-
-    run: str
-    scale: str
-    models: Sequence[str]
-    grid: str
-    prefix: str
-    samples: str
-    layers: str = ""
-    notes: tuple[str, ...] = ()  # e.g. the reference pairing's (imagekv.pairing)
-
-    @classmethod
-    def from_results(
-        cls, frame, run: str, scale: str, prefix: str = "none", pairing: dict | None = None
-    ) -> "Provenance":
-        """Models, grids, depths and sample sizes as they appear in a tidy result frame; with a
-        reference `pairing` (imagekv.pairing), the notes of its models."""
-        mlm = frame[frame["representation"] == "values"]
-        depths = mlm.groupby("model")["layer"].max() + 1
-        return cls(
-            run=run,
-            scale=scale,
-            models=sorted(frame["model"].unique()),
-            grid=", ".join(sorted(frame["grid"].astype(str).unique())),
-            prefix=prefix,
-            samples=", ".join(f"{t}={n}" for t, n in frame.groupby("task")["n"].max().items()),
-            layers=", ".join(f"{MODEL_LABELS.get(m, m)} {d}" for m, d in depths.items()),
-            notes=pairing_notes(pairing, frame["model"]),
-        )
-
-    def footer(self) -> str:
-        parts = [
-            f"run: {self.run} ({self.scale})",
-            "models: " + ", ".join(MODEL_LABELS.get(m, m) for m in self.models),
-            f"layers: {self.layers}" if self.layers else "",
-            f"grid: {self.grid}",
-            f"prefix: {self.prefix}",
-            f"n: {self.samples}",
-            *self.notes,
-        ]
-        return " | ".join(p for p in parts if p)
 
 
 def pyplot():
@@ -100,7 +43,7 @@ def apply_style() -> None:
     import seaborn as sns
 
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9)
-    pyplot().rcParams.update({"figure.dpi": 150, "savefig.bbox": "tight", "pdf.fonttype": 42})
+    pyplot().rcParams.update({"figure.dpi": 150, "pdf.fonttype": 42})
 
 
 def panels(
@@ -119,32 +62,44 @@ def panels(
     return fig, cells[:count]
 
 
-def stamp(fig: plt.Figure, provenance: Provenance) -> None:
-    """The provenance footer under everything drawn so far, and at smoke scale a watermark.
+def stamp(fig: plt.Figure, provenance: Provenance) -> Bbox:
+    """The provenance footer under everything drawn so far, and at smoke scale a watermark; returns
+    the box (inches) to crop the saved figure to: everything drawn, padded as savefig pads.
 
     Call it last: the figure is laid out first and the footer goes below the lowest artist (tick
-    labels, axis labels, legends), wrapped to the figure's width, so nothing overlaps it.
+    labels, axis labels, legends), wrapped to the figure's width, so nothing overlaps it. The layout
+    is final from here on: each format is drawn once, without laying the figure out again.
     """
-    fig.canvas.draw()
-    drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+    from matplotlib.transforms import Bbox
+
+    if fig.get_layout_engine() is not None:
+        fig.get_layout_engine().execute(fig)  # places the panels; no draw needed to measure them
+    fig.set_layout_engine(None)
+    renderer = fig.canvas.get_renderer()
+    drawn = fig.get_tightbbox(renderer)  # inches
     footer = textwrap.fill(provenance.footer(), width=int(FOOTER_CHARS_PER_INCH * max(drawn.width, 3.0)))
-    fig.text(
+    added = [fig.text(
         drawn.x0 / fig.get_figwidth() + drawn.width / 2 / fig.get_figwidth(),
         (drawn.y0 - 0.05) / fig.get_figheight(),
         footer, ha="center", va="top", fontsize=FOOTER_FONTSIZE, color="0.3",
-    )
+    )]
     if provenance.scale == "smoke":
-        fig.text(
+        added.append(fig.text(
             0.5, 0.5, SMOKE_MARK, ha="center", va="center", rotation=20, fontsize=min(22, 3 * fig.get_figwidth()),
             color="red", alpha=0.25, transform=fig.transFigure, zorder=100,
-        )
+        ))
+    # The figure's tight box with the added text, without measuring every panel again.
+    boxes = [drawn] + [text.get_tightbbox(renderer).transformed(fig.dpi_scale_trans.inverted()) for text in added]
+    return Bbox.union(boxes).padded(pyplot().rcParams["savefig.pad_inches"])
 
 
-def save(fig: plt.Figure, outputs: Sequence[str | Path]) -> None:
-    """Write each output (format from its suffix) atomically, without timestamps in the file."""
+def save(fig: plt.Figure, outputs: Sequence[str | Path], provenance: Provenance) -> None:
+    """Stamp the footer (`stamp`), then write each output (format from its suffix) atomically,
+    without timestamps in the file, every format cropped to the same box."""
+    crop = stamp(fig, provenance)
     for output in outputs:
         fmt = Path(output).suffix.lstrip(".")
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
         with atomic_path(output) as tmp:
-            fig.savefig(tmp, format=fmt, metadata=metadata)
+            fig.savefig(tmp, format=fmt, metadata=metadata, bbox_inches=crop)
     pyplot().close(fig)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from imagekv import pairing as pairs
 from imagekv.figures.layerwise import draw_curves, figure_legend
-from imagekv.figures.style import METRIC_LABELS, Provenance, apply_style, panels, save, stamp
+from imagekv.figures.style import apply_style, panels, save
+from imagekv.labels import METRIC_LABELS, Provenance
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_TITLES
 from imagekv.results import read_results
 
@@ -35,8 +36,7 @@ def plot(
         ax.set_title(f"{TASK_TITLES[task]}: {METRIC_LABELS.get(metric, metric)}")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     figure_legend(fig, axes)
-    stamp(fig, Provenance.from_results(rows, run, scale, pairing=pairing))
-    save(fig, outputs)
+    save(fig, outputs, Provenance.from_results(rows, run, scale, pairing=pairing))
 
 
 def summary_metrics(metrics: Sequence[str], task: str) -> list[str]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from imagekv.figures.style import SMOKE_MARK, Provenance
 from imagekv.io import atomic_path, write_text
+from imagekv.labels import SMOKE_MARK, Provenance
 
 TABLE_FORMATS = ("csv", "md", "tex")
 

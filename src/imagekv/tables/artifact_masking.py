@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from imagekv.figures.style import MODEL_LABELS, Provenance
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.plan import BASELINE_CONDITION as BASELINE
 from imagekv.plan import MASKING_CONDITIONS as CONDITIONS
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, headline

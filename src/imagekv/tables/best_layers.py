@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from imagekv import pairing as pairs
-from imagekv.figures.style import MODEL_LABELS, Provenance
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.probes.headline import HEADLINE_METRICS, TASK_ORDER, headline_rows
 from imagekv.results import read_results
 from imagekv.tables import write_table

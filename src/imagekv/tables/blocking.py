@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from imagekv.figures.style import MODEL_LABELS, Provenance
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.plan import BASELINE_CONDITION, SUBTASK_SUMMARIES
 from imagekv.results import read_table
 from imagekv.tables import write_table

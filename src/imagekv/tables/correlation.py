@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imagekv.figures.correlation import provenance
-from imagekv.figures.style import MODEL_LABELS
 from imagekv.io import read_json
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.tables import write_table
 
 CAPTION = "Input-projection probe quality against BLINK accuracy (correlations descriptive)"
@@ -38,4 +37,4 @@ def _number(value: float | None) -> float:
 
 def write(results: str | Path, stem: str | Path, run: str, scale: str) -> None:
     result = read_json(results)
-    write_table(summarise(result), stem, CAPTION, provenance(result, run, scale))
+    write_table(summarise(result), stem, CAPTION, Provenance.from_correlation(result, run, scale))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from imagekv.figures.style import Provenance
 from imagekv.io import read_json
+from imagekv.labels import Provenance
 from imagekv.pairing import parse as parse_pairing
 from imagekv.results import COLUMNS, read_results, read_table
 from imagekv.tables import write_table

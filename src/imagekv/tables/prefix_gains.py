@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from imagekv.figures.style import MODEL_LABELS, Provenance
 from imagekv.interventions.prefix import condition_order
+from imagekv.labels import MODEL_LABELS, Provenance
 from imagekv.probes.headline import TASK_ORDER
 from imagekv.results import read_table
 from imagekv.tables import write_table
