@@ -390,8 +390,8 @@ def named_object(text: str) -> str | None:
 def class_direction(name: str) -> torch.Tensor:
     """The unit [HEAD_DIM] direction a name's tokens carry in KV head PREFIX_HEAD of PREFIX_LAYER:
     seeded by the name, so the query and the prefix naming the same object share it."""
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    direction = torch.randn(HEAD_DIM, generator=torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1))
+    seed = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little") >> 1
+    direction = torch.randn(HEAD_DIM, generator=torch.Generator().manual_seed(seed))
     return direction / direction.norm()
 
 
