@@ -437,7 +437,8 @@ class PrefixPlant:
         each token's patches out together, channel first), the LLaVA family's base-view cells."""
         pixels = kwargs["pixel_values"].detach().float().cpu()
         if pixels.ndim == 2:
-            tokens = pixels.reshape(-1, 4, 3, pixels.shape[1] // 3).mean(dim=(1, 3))
+            merged = self.plant.model.config.vision_config.spatial_merge_size ** 2  # patches per LM token
+            tokens = pixels.reshape(-1, merged, 3, pixels.shape[1] // 3).mean(dim=(1, 3))
         else:
             side = AnyresGeometry.from_config(self.plant.model.config).side
             base = pixels[0, 0]
@@ -446,17 +447,18 @@ class PrefixPlant:
         return tokens * self.plant.pixel_std + self.plant.pixel_mean
 
     def _plant_direction(self, module, args, output):
-        if output.shape[1] == 1 or self.named is None:
+        text_only = not self.plant.runs
+        if output.shape[1] == 1 or self.named is None or not (text_only or self.token_colours is not None):
             return None
         direction = class_direction(self.named).to(output.device, output.dtype)
         dims = slice(PREFIX_HEAD * HEAD_DIM, (PREFIX_HEAD + 1) * HEAD_DIM)
         output = output.clone()
-        if not self.plant.runs:  # text only: the query's value is the direction
+        if text_only:  # the query's value is the direction
             output[0, -1, dims] = direction
-        elif self.token_colours is not None:
-            run = self.plant.runs[0]
-            grid = run[: len(self.token_colours)]
-            chosen = grid[object_tokens(self.token_colours, named_colours()[self.named])].to(output.device)
-            spread = output[0, run.to(output.device), dims].std()
-            output[0, chosen, dims] += PREFIX_GAIN * spread * direction
+            return output
+        run = self.plant.runs[0]
+        grid = run[: len(self.token_colours)]
+        chosen = grid[object_tokens(self.token_colours, named_colours()[self.named])].to(output.device)
+        spread = output[0, run.to(output.device), dims].std()
+        output[0, chosen, dims] += PREFIX_GAIN * spread * direction
         return output
