@@ -69,11 +69,13 @@ whose twin draws each class in its own style), as "Find: {text}." does: in KV he
 PREFIX_LAYER, each image token whose mean input colour (the processor's pixels under its grid cell,
 un-normalised) is a tone of that object's colour gets PREFIX_GAIN times the head's value spread
 along the name's direction (`class_direction`, seeded by the name), as if it attended to a prefix
-token whose value is that direction. In text-only prompts that name an object (the T3/T4 queries'
+token whose value is that direction (another object of the same colour in the image gets it too:
+the RefCOCO twin may draw two styles 10 apart, which share a colour). In text-only prompts that name an object (the T3/T4 queries'
 text-only values, which E5 holds fixed) the last token's value in that head is the direction. So
 with the task prefix the queried object's tokens score far above the rest against the query, where
 without it that head holds the probe plant's noise. A prefix that names no object (the neutral
-caption) adds nothing; its only effect is the twin's own, in INFO_LAYER. The other experiments'
+caption) adds nothing: its only effects are the twin's own, in INFO_LAYER, and a new spread of the
+noise that replaces the other layers' image values (the replaced values'). The other experiments'
 prompts (DAVIS frames, the key-variance pool, E6's one-image BLINK store) have no prefix, and the
 BLINK questions hold three images, so E4, E6 and the probes are unchanged.
 
