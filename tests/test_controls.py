@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from imagekv import plan
@@ -16,23 +17,29 @@ from imagekv.extract import extract_store
 from imagekv.interventions.blink_accuracy import blink_accuracy
 from imagekv.interventions.blink_run import blink_answers
 from imagekv.interventions.controls import (
+    NEUTRAL_PREFIX,
+    PREFIX_CONTROL_TASKS,
+    TASK_PREFIX,
     blocking_rows,
     detection_rows,
     not_surfaced_rows,
+    prefix_rows,
     probe_rows,
     wilson_interval,
 )
 from imagekv.interventions.key_variance_run import key_variance
+from imagekv.interventions.prefix import prefix_gains, prefix_probes
 from imagekv.io import read_json, write_json
 from imagekv.models import planted
 from imagekv.models.planted import NOT_SURFACED_LAYER, NULL_MODEL, PLANTED_OFFSETS
-from imagekv.results import read_results, read_table
-from workflow_runs import fresh_copy, snakemake
+from imagekv.results import read_results, read_table, write_table_rows
+from workflow_runs import ROOT, fresh_copy, snakemake
 
 pytestmark = pytest.mark.slow
 
 MUTATED_MODEL = "llava_next"
 WRONG_LAYER = 2  # an E6 read-out layer without the colour code (imagekv.models.planted)
+PREFIX_TASK = "referring_seg"  # the E5 task whose task-prefix store a mutation re-extracts (T4)
 # The controls config holds only what differs from the smoke config (Snakemake merges it over it).
 CONTROLS_CONFIGS = ["config/config.yaml", "config/controls.yaml"]
 
@@ -55,6 +62,8 @@ def test_every_control_passes(controls_run):
                  for task in plan.CONTROL_PROBE_TASKS}
     expected |= {(NULL_MODEL, f"null score: {task}") for task in plan.CONTROL_PROBE_TASKS}
     expected |= {(model, f"Art_Style rate, layer {NOT_SURFACED_LAYER}") for model in config["models"]}  # E6
+    expected |= {(model, f"{prefix} gain: {task}") for model in config["models"]
+                 for prefix in (TASK_PREFIX, NEUTRAL_PREFIX) for task in PREFIX_CONTROL_TASKS}  # E5
     assert set(zip(rows["model"], rows["control"])) == expected
     failing = rows[~rows["pass"].astype(bool)]
     assert failing.empty, failing.to_string()
@@ -151,6 +160,58 @@ def test_readout_at_a_layer_without_the_plant_fails_its_control(controls_run):
     frame = read_table(copy / plan.intervention_path("controls", "not_surfaced.csv"))
     rows = {row["model"]: row for row in not_surfaced_rows(frame, layer=WRONG_LAYER)}
     assert not rows[MUTATED_MODEL]["pass"], rows[MUTATED_MODEL]
+
+
+def _prefix_control_rows(config: dict, units: pd.DataFrame, tmp_path) -> dict:
+    """The E5 control rows, by control, of the per-unit probe scores `units` of one model."""
+    write_table_rows(units, tmp_path / "units.csv", ["model", "task", "prefix", "unit", "layer"])
+    prefix_gains(plan.prefix_gains_spec(config), [tmp_path / "units.csv"], tmp_path / "gains.csv")
+    return {row["control"]: row for row in prefix_rows(read_table(tmp_path / "gains.csv"))}
+
+
+def test_a_task_prefix_without_the_plant_fails_its_control(controls_run, tmp_path, monkeypatch):
+    """Mutation: the prefix plant switched off (PREFIX_GAIN = 0) and the T4 task-prefix store
+    re-extracted and re-probed: the named object's image values get no direction, the gain is gone."""
+    copy, config = controls_run
+    monkeypatch.chdir(copy)
+    monkeypatch.setattr(planted, "PREFIX_GAIN", 0.0)
+    dataset = config["probes"][PREFIX_TASK]["dataset"]
+    extract_store(plan.item_extraction_spec(config, MUTATED_MODEL, dataset, TASK_PREFIX), tmp_path / "store")
+    spec = plan.prefix_probes_spec(config, MUTATED_MODEL)
+    task = spec["tasks"][PREFIX_TASK]
+    conditions = [c | {"features": str(tmp_path / "store")} for c in task["conditions"] if c["label"] == TASK_PREFIX]
+    spec["tasks"] = {PREFIX_TASK: task | {"conditions": conditions}}
+    prefix_probes(spec, tmp_path / "rows.csv", tmp_path / "mutated.csv")
+    units = read_table(plan.intervention_path("controls", "prefix_units.csv", MUTATED_MODEL))
+    replaced = (units["task"] == PREFIX_TASK) & (units["prefix"] == TASK_PREFIX)
+    units = pd.concat([units[~replaced], read_table(tmp_path / "mutated.csv")], ignore_index=True)
+    rows = _prefix_control_rows(config, units, tmp_path)
+    assert not rows[f"{TASK_PREFIX} gain: {PREFIX_TASK}"]["pass"], rows[f"{TASK_PREFIX} gain: {PREFIX_TASK}"]
+    assert rows[f"{TASK_PREFIX} gain: semantic_seg"]["pass"]  # the store left as the run wrote it
+
+
+def test_a_neutral_prefix_naming_the_object_fails_its_control(controls_run, tmp_path):
+    """Mutation: the neutral condition scored on the task prefix's stores (a "neutral" prefix that
+    names each queried object, so carries its direction): a gain, and the neutral control fails."""
+    copy, config = controls_run
+    units = read_table(copy / plan.intervention_path("controls", "prefix_units.csv", MUTATED_MODEL))
+    named = units[units["prefix"] == TASK_PREFIX].assign(prefix=NEUTRAL_PREFIX)
+    units = pd.concat([units[units["prefix"] != NEUTRAL_PREFIX], named], ignore_index=True)
+    rows = _prefix_control_rows(config, units, tmp_path)
+    assert not any(rows[f"{NEUTRAL_PREFIX} gain: {task}"]["pass"] for task in PREFIX_CONTROL_TASKS)
+
+
+def test_the_prefix_plant_names_the_synthetic_objects():
+    """E5's plant reads the object a text names (the RefCOCO twin's expressions, the ImageNet-S
+    class names the T3 queries and "Find: {text}." hold), and none in the neutral prefix."""
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text(encoding="utf-8"))
+    assert planted.named_object("Find: the red circle on the left.\n") == "red circle"
+    assert planted.named_object("left red circle") == "red circle"
+    assert planted.named_object("Find: siamese cat.\n") == "siamese cat"
+    assert planted.named_object(config["prefixes"][NEUTRAL_PREFIX]) is None
+    red = planted.named_colours()["red circle"]
+    colours = torch.tensor([red, [c * 0.78 for c in red], [0.5, 0.5, 0.5], planted.named_colours()["lemon"]])
+    assert planted.object_tokens(colours, red).tolist() == [True, True, False, False]
 
 
 def test_wilson_interval():

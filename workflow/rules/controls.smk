@@ -11,6 +11,7 @@ rule controls_results:
         accuracy=plan.intervention_path("{run}", "blink_accuracy.csv"),
         probes=plan.control_probe_inputs(config),
         not_surfaced=plan.intervention_path("{run}", "not_surfaced.csv"),
+        prefix_gains=plan.intervention_path("{run}", "prefix_gains.csv"),
     output:
         plan.intervention_path("{run}", "controls.csv"),
     log:
@@ -22,7 +23,7 @@ rule controls_results:
     shell:
         "python -m imagekv controls --spec {params.spec:q} --flags {input.flags:q}"
         " --accuracy {input.accuracy:q} --probes {input.probes:q}"
-        " --not-surfaced {input.not_surfaced:q}"
+        " --not-surfaced {input.not_surfaced:q} --prefix-gains {input.prefix_gains:q}"
         " --output {output:q} > {log:q} 2>&1"
 
 

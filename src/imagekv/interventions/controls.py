@@ -13,6 +13,9 @@ model's best score, i.e. when it lies nearer the noise bound than the probe's pl
 E6 not surfaced: the Art_Style mean read-out at the planted layer answers every question right, so
 the not-surfaced rate there is the share of questions the model answers wrong (1 - its accuracy,
 the planted rate); the rate's 95 % Wilson interval over the questions must contain it.
+E5 prefix: on T3 and T4, the gain of the prefix naming the queried object ("Find: {text}.") over no
+prefix, whose paired-bootstrap interval must lie above 0, and of the neutral prefix, which names no
+object, whose interval must contain 0.
 """
 
 from __future__ import annotations
@@ -128,6 +131,35 @@ def not_surfaced_rows(frame: pd.DataFrame, layer: int = NOT_SURFACED_LAYER) -> l
     return rows
 
 
+# E5: the prefix whose gain the plant makes > 0 (config `prefixes.find`, SPEC E5 (i): it names the
+# queried object) and the neutral one of matched length (E5 (ii): it names none), on T3 and T4.
+TASK_PREFIX, NEUTRAL_PREFIX = "find", "neutral"
+PREFIX_CONTROL_TASKS = ("semantic_seg", "referring_seg")
+# Besides the twin's own change in INFO_LAYER, the neutral prefix rescales the noise of the other
+# layers' image values (imagekv.models.planted: its spread is the replaced values'), which the float16
+# stores round: pixels of a score map near tau can flip, moving the mIoU by ~1e-5 either way. An
+# interval within NEUTRAL_TOLERANCE of 0 counts as containing it.
+NEUTRAL_TOLERANCE = 1e-3
+
+
+def prefix_rows(gains: pd.DataFrame) -> list[dict]:
+    """Per model and T3/T4 task, the prefix_gains.csv gain over no prefix of the task prefix
+    (interval above 0) and of the neutral one (interval around 0)."""
+    rows = []
+    for model, frame in gains.groupby("model"):
+        by_condition = frame.set_index(["task", "prefix"])
+        for task in PREFIX_CONTROL_TASKS:
+            for prefix, planted, passes in ((TASK_PREFIX, "> 0", _above_zero), (NEUTRAL_PREFIX, "0", _near_zero)):
+                if (task, prefix) not in by_condition.index:
+                    raise ValueError(f"prefix_gains.csv holds no {prefix!r} gain on {task} for {model}; the controls "
+                                     "need interventions.prefix to run it (config/controls.yaml)")
+                row = by_condition.loc[(task, prefix)]
+                low, high = float(row["low"]), float(row["high"])
+                rows.append(_row("E5 prefix", model, f"{prefix} gain: {task}", planted, float(row["gain"]),
+                                 passed=passes(low, high), low=low, high=high))
+    return rows
+
+
 def wilson_interval(rate: float, n: int, z: float = WILSON_Z) -> tuple[float, float]:
     """The Wilson score interval of a proportion `rate` observed on `n` trials (Wilson 1927, JASA 22:209)."""
     centre = (rate + z**2 / (2 * n)) / (1 + z**2 / n)
@@ -144,6 +176,10 @@ def _around_zero(low: float, high: float) -> bool:
     return low <= 0 <= high
 
 
+def _near_zero(low: float, high: float) -> bool:
+    return low <= NEUTRAL_TOLERANCE and -NEUTRAL_TOLERANCE <= high
+
+
 def _row(experiment: str, model: str, control: str, planted, recovered: float, *, passed: bool,
          low: float = float("nan"), high: float = float("nan")) -> dict:
     return {"experiment": experiment, "model": model, "control": control, "planted": str(planted),
@@ -151,10 +187,10 @@ def _row(experiment: str, model: str, control: str, planted, recovered: float, *
 
 
 def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, output: Path,
-             probe_paths: Sequence[Path], not_surfaced_path: Path) -> None:
+             probe_paths: Sequence[Path], not_surfaced_path: Path, prefix_gains_path: Path) -> None:
     """Every control's row, from the models' key_variance.json, the collected BLINK accuracy,
     the probe results of the controls' tasks (the MLMs' values, the noise backbone) and E6's
-    not_surfaced.csv."""
+    not_surfaced.csv and E5's prefix_gains.csv."""
     rows = []
     rows += probe_rows(pd.concat([read_results(path) for path in probe_paths], ignore_index=True))
     for path in flags_paths:
@@ -162,4 +198,5 @@ def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, outpu
         rows += detection_rows(flags["model"], flags)
     rows += blocking_rows(read_table(accuracy_path))
     rows += not_surfaced_rows(read_table(not_surfaced_path))
+    rows += prefix_rows(read_table(prefix_gains_path))
     write_table_rows(stamp(pd.DataFrame(rows), spec), output, CONTROL_SORT)

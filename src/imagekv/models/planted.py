@@ -1,5 +1,5 @@
 """Planted twins: the tiny twins (imagekv.models.tiny) with effects of the paper's experiments (E4,
-the probes, E6) put in by hand, at a known place and with a known size, so the controls run
+the probes, E6, E5) put in by hand, at a known place and with a known size, so the controls run
 (config/controls.yaml) can check that the experiments recover them (README, "Controls").
 
 A planted twin is the same seeded random twin plus fixed forward hooks on its LM, installed in
@@ -62,11 +62,29 @@ last, so in that layer the code replaces the probe plant's noise. Every image to
 gets the same code, so the mean value token is the code and the Gram matrix its outer product:
 both read-outs compare the images' palettes.
 
+E5 (a prefix adds task information to the image values; `PrefixPlant`), in one-image prompts whose
+text before the image names an object the synthetic twins draw (`named_colours`: a drawing style's
+name such as "red circle", which the RefCOCO twin's expressions hold, or an ImageNet-S class name,
+whose twin draws each class in its own style), as "Find: {text}." does: in KV head PREFIX_HEAD of
+PREFIX_LAYER, each image token whose mean input colour (the processor's pixels under its grid cell,
+un-normalised) is a tone of that object's colour gets PREFIX_GAIN times the head's value spread
+along the name's direction (`class_direction`, seeded by the name), as if it attended to a prefix
+token whose value is that direction (another object of the same colour in the image gets it too:
+the RefCOCO twin may draw two styles 10 apart, which share a colour). In text-only prompts that name an object (the T3/T4 queries'
+text-only values, which E5 holds fixed) the last token's value in that head is the direction. So
+with the task prefix the queried object's tokens score far above the rest against the query, where
+without it that head holds the probe plant's noise. A prefix that names no object (the neutral
+caption) adds nothing: its only effects are the twin's own, in INFO_LAYER, and a new spread of the
+noise that replaces the other layers' image values (the replaced values'). The other experiments'
+prompts (DAVIS frames, the key-variance pool, E6's one-image BLINK store) have no prefix, and the
+BLINK questions hold three images, so E4, E6 and the probes are unchanged.
+
 The layers, then, of the twins' 4 (every model; NULL_MODEL differs only in layer 1):
 
 - layer 0 (NOT_SURFACED_LAYER): one-image prompts, the colour code; other prompts, noise.
 - layer 1 (INFO_LAYER): the twin's own values (NULL_MODEL: noise).
-- layers 2-3 (PLANTED_FROM on, E4): KV head 0 E4's artifact values, KV head 1 noise.
+- layers 2-3 (PLANTED_FROM on, E4): KV head 0 E4's artifact values, KV head 1 noise; in layer 3
+  (PREFIX_LAYER, E5) plus the named object's direction at its tokens, after a prefix naming it.
 
 Consequences: the probes' best layer of every model but NULL_MODEL is INFO_LAYER. Their frames are
 one-image prompts, so layer 0 holds the colour code, but it is the same at every token of a frame: a
@@ -83,7 +101,10 @@ rate at NOT_SURFACED_LAYER (read-out right, model wrong) is that share, 1 - the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
@@ -119,6 +140,7 @@ def build_planted(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, Pr
     plant.install()
     ProbePlant(plant, null=architecture == NULL_MODEL).install()
     plant.install_colour_code()  # after the probe plant: its code replaces that layer's noise
+    PrefixPlant(plant, processor).install()  # E5, after the probe plant: it adds to that layer's noise
     return model, processor
 
 
@@ -325,3 +347,120 @@ def image_noise(embeds: torch.Tensor, layer: int, shape: tuple[int, int]) -> tor
     digest = hashlib.sha256(embeds.float().cpu().numpy().tobytes() + layer.to_bytes(2, "little")).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
     return torch.randn(shape, generator=generator)
+
+
+# --- E5: a prefix naming an object adds its direction to that object's image values -----------------
+PREFIX_LAYER = 3  # E5: a planted layer whose KV head 1 holds the probe plant's noise at the image tokens
+PREFIX_HEAD = 1  # the KV head E5 writes (KV head 0 of PREFIX_LAYER is E4's)
+PREFIX_GAIN = 8.0  # the planted component along the direction, in units of the head's value spread
+# A token is the named object's when its mean colour lies within COLOUR_TOLERANCE (RGB in [0, 1]) of
+# the object's colour scaled by a factor in TONE_RANGE: the twins paint a texture of the full colour
+# and its 0.55 shade (imagekv.datasets.synthetic.draw.paint), mean about 0.78, solid 1; the lower end
+# keeps white's tones (> 0.6) above the twins' grey backdrop (at most 160 of 255).
+TONE_RANGE = (0.65, 1.05)
+COLOUR_TOLERANCE = 0.15
+
+
+@functools.cache
+def named_colours() -> dict[str, tuple[float, ...]]:
+    """Name -> RGB in [0, 1] of the object the synthetic twins draw for it: every drawing style's
+    name (the RefCOCO twin's categories and expressions, "red circle") and each ImageNet-S class name
+    (its twin draws class id c in class_style(c)). What the planted twin "knows" of the data."""
+    from imagekv.datasets.files import read_lines
+    from imagekv.datasets.imagenet_s import CATEGORIES, class_names
+    from imagekv.datasets.synthetic.draw import COLOURS, SHAPES, class_style
+
+    styles = [class_style(index) for index in range(len(SHAPES) * len(COLOURS))]
+    colours = {style.name: style.colour for style in styles}
+    wnids = sorted(read_lines(CATEGORIES))
+    colours |= {name: class_style(index + 1).colour for index, name in enumerate(class_names(wnids))}
+    return {name: tuple(channel / 255 for channel in COLOURS[colour]) for name, colour in colours.items()}
+
+
+@functools.cache
+def _name_pattern() -> re.Pattern:
+    names = sorted(named_colours(), key=len, reverse=True)  # the longest of names starting at one place
+    return re.compile(r"\b(" + "|".join(re.escape(name) for name in names) + r")\b", flags=re.IGNORECASE)
+
+
+def named_object(text: str) -> str | None:
+    """The first object name (of `named_colours`) in `text`, as a whole word, lower-cased."""
+    match = _name_pattern().search(text)
+    return match.group(1).lower() if match else None
+
+
+def class_direction(name: str) -> torch.Tensor:
+    """The unit [HEAD_DIM] direction a name's tokens carry in KV head PREFIX_HEAD of PREFIX_LAYER:
+    seeded by the name, so the query and the prefix naming the same object share it."""
+    seed = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little") >> 1
+    direction = torch.randn(HEAD_DIM, generator=torch.Generator().manual_seed(seed))
+    return direction / direction.norm()
+
+
+def object_tokens(token_colours: torch.Tensor, colour: Sequence[float]) -> torch.Tensor:
+    """bool [tokens]: tokens whose mean colour [tokens, 3] (RGB in [0, 1]) is a tone of `colour`."""
+    target = torch.tensor(colour, dtype=torch.float32)
+    tone = (token_colours @ target / (target @ target)).clamp(*TONE_RANGE)
+    return (token_colours - tone[:, None] * target).norm(dim=1) < COLOUR_TOLERANCE
+
+
+class PrefixPlant:
+    """E5's hooks: in one-image prompts whose text before the image names an object, the image
+    tokens of that object's colour get the name's direction in KV head PREFIX_HEAD of PREFIX_LAYER
+    (as if they attended to a prefix token whose value is that direction); in text-only prompts that
+    name an object, the last token's value there is the direction (the query the T3/T4 probes hold
+    fixed). Installed after `Plant` and `ProbePlant`, whose record of the prompt it reads and whose
+    noise it adds to."""
+
+    def __init__(self, plant: Plant, processor: ProcessorMixin):
+        self.plant = plant
+        self.tokenizer = processor.tokenizer
+        self.named: str | None = None  # the object the prompt's text (before its image) names
+        self.token_colours: torch.Tensor | None = None  # [tokens, 3] of a one-image prompt's grid
+
+    def install(self) -> None:
+        self.plant.model.register_forward_pre_hook(self._read_prompt, with_kwargs=True)
+        layer = self.plant.model.get_decoder().layers[PREFIX_LAYER]
+        layer.self_attn.v_proj.register_forward_hook(self._plant_direction)
+
+    def _read_prompt(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None or input_ids.shape[1] == 1:
+            return None
+        image = torch.nonzero(input_ids[0] == self.plant.image_token_id).squeeze(1)
+        before = input_ids[0, : int(image[0])] if len(image) else input_ids[0]
+        self.named = named_object(self.tokenizer.decode(before))
+        one_image = len(self.plant.runs) == 1 and kwargs.get("pixel_values") is not None
+        self.token_colours = self._token_colours(kwargs) if one_image and self.named else None
+        return None
+
+    def _token_colours(self, kwargs) -> torch.Tensor:
+        """Mean input colour of each grid token: Qwen2.5-VL's merged 2x2 patches (its processor lays
+        each token's patches out together, channel first), the LLaVA family's base-view cells."""
+        pixels = kwargs["pixel_values"].detach().float().cpu()
+        if pixels.ndim == 2:
+            merged = self.plant.model.config.vision_config.spatial_merge_size ** 2  # patches per LM token
+            tokens = pixels.reshape(-1, merged, 3, pixels.shape[1] // 3).mean(dim=(1, 3))
+        else:
+            side = AnyresGeometry.from_config(self.plant.model.config).side
+            base = pixels[0, 0]
+            cell = base.shape[-1] // side
+            tokens = base.reshape(3, side, cell, side, cell).mean(dim=(2, 4)).reshape(3, -1).T
+        return tokens * self.plant.pixel_std + self.plant.pixel_mean
+
+    def _plant_direction(self, module, args, output):
+        text_only = not self.plant.runs
+        if output.shape[1] == 1 or self.named is None or not (text_only or self.token_colours is not None):
+            return None
+        direction = class_direction(self.named).to(output.device, output.dtype)
+        dims = slice(PREFIX_HEAD * HEAD_DIM, (PREFIX_HEAD + 1) * HEAD_DIM)
+        output = output.clone()
+        if text_only:  # the query's value is the direction
+            output[0, -1, dims] = direction
+            return output
+        run = self.plant.runs[0]
+        grid = run[: len(self.token_colours)]
+        chosen = grid[object_tokens(self.token_colours, named_colours()[self.named])].to(output.device)
+        spread = output[0, run.to(output.device), dims].std()
+        output[0, chosen, dims] += PREFIX_GAIN * spread * direction
+        return output
