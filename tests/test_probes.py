@@ -131,10 +131,15 @@ def random_problem(seed: int, layers: int = 4, n: int = 300, dim: int = 24):
     return torch.nn.functional.normalize(features, dim=-1), labels
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_batched_logistic_matches_sklearn_per_layer(seed):
+@pytest.mark.parametrize(("seed", "cache_block_bytes"), [(0, None), (1, None), (2, None), (0, 2 * 37 * 4 * 24 * 4)])
+def test_batched_logistic_matches_sklearn_per_layer(seed, cache_block_bytes, monkeypatch):
     """The optimum sklearn's estimator defines (tight tol: its default 1e-4 stops ~1e-3 away from
-    it in probability) equals ours within 1e-3 on every layer."""
+    it in probability) equals ours within 1e-3 on every layer; also when the products run over
+    chunks of 37 of the 300 tokens (a ragged last chunk)."""
+    if cache_block_bytes is not None:
+        monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cpu"))
+        monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", cache_block_bytes)
+        assert probe_features.chunk_tokens(300, 4 * 24 * 4) == 37
     features, labels = random_problem(seed)
     fit = fit_logistic(features, labels, C=1.0)
     ours = torch.sigmoid(fit.logits(features)).numpy()
@@ -184,6 +189,20 @@ def test_layer_blocks_partition_the_layers_within_the_cache_budget(monkeypatch):
     assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(k, k + 2) for k in range(0, 28, 2)]
     monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cuda"))
     assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(0, 28)]  # no cache to fit on the GPU
+
+
+def test_last_level_cache_bytes_reads_the_largest_data_cache(tmp_path):
+    for index, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "64K"),
+                                                 (2, "Unified", "512K"), (3, "Unified", "8192K")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "type").write_text(f"{kind}\n")
+        (folder / "size").write_text(f"{size}\n")
+    assert probe_features.last_level_cache_bytes(tmp_path) == 8 * 2**20
+    (tmp_path / "index3" / "size").write_text("32M\n")
+    assert probe_features.last_level_cache_bytes(tmp_path) == 32 * 2**20
+    assert probe_features.last_level_cache_bytes(tmp_path / "absent") == probe_features.FALLBACK_CACHE_BYTES
 
 
 def test_solve_blocks_solves_each_block_once_and_restores_the_thread_count(monkeypatch):
