@@ -131,23 +131,38 @@ def random_problem(seed: int, layers: int = 4, n: int = 300, dim: int = 24):
     return torch.nn.functional.normalize(features, dim=-1), labels
 
 
-@pytest.mark.parametrize(("seed", "cache_block_bytes"), [(0, None), (1, None), (2, None), (0, 2 * 37 * 4 * 24 * 4)])
-def test_batched_logistic_matches_sklearn_per_layer(seed, cache_block_bytes, monkeypatch):
+@pytest.mark.parametrize(
+    ("seed", "cache_block_bytes", "groups"),
+    [(0, None, None), (1, None, None), (2, None, None), (0, 2 * 37 * 4 * 24 * 4, None),
+     (1, None, [100, 0, 120, 80]), (2, 2 * 37 * 4 * 24 * 4, [100, 0, 120, 80])],
+)
+def test_batched_logistic_matches_sklearn_per_layer(seed, cache_block_bytes, groups, monkeypatch):
     """The optimum sklearn's estimator defines (tight tol: its default 1e-4 stops ~1e-3 away from
     it in probability) equals ours within 1e-3 on every layer; also when the products run over
-    chunks of 37 of the 300 tokens (a ragged last chunk)."""
+    chunks of 37 of the 300 tokens (a ragged last chunk), and with groups of tokens (images, one
+    empty) that have their own offsets, which the preconditioner takes."""
     if cache_block_bytes is not None:
         monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cpu"))
         monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", cache_block_bytes)
         assert probe_features.chunk_tokens(300, 4 * 24 * 4) == 37
     features, labels = random_problem(seed)
-    fit = fit_logistic(features, labels, C=1.0)
+    if groups is not None:
+        generator = torch.Generator().manual_seed(seed + 10)
+        offsets = torch.cat([torch.randn(4, 1, 24, generator=generator).expand(4, size, 24) for size in groups], 1)
+        features = torch.nn.functional.normalize(features + 0.5 * offsets, dim=-1)
+    fit = fit_logistic(features, labels, C=1.0, groups=groups)
     ours = torch.sigmoid(fit.logits(features)).numpy()
     for layer in range(features.shape[0]):
         reference = LogisticRegression(C=1.0, class_weight="balanced", tol=1e-10, max_iter=10000)
         reference.fit(features[layer].double().numpy(), labels.numpy())
         expected = reference.predict_proba(features[layer].double().numpy())[:, 1]
         np.testing.assert_allclose(ours[layer], expected, atol=1e-3)
+
+
+def test_logistic_groups_must_cover_the_tokens():
+    features, labels = random_problem(0)
+    with pytest.raises(ValueError, match="groups of 290 tokens for 300"):
+        fit_logistic(features, labels, groups=[200, 90])
 
 
 def non_separable_episodes(num: int, seed: int) -> tuple[list[SegEpisode], MemorySource]:
