@@ -199,9 +199,11 @@ def test_layer_blocks_partition_the_layers_within_the_cache_budget(monkeypatch):
     monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 3000)
     blocks = layer_blocks(10, layer_bytes=1000)
     assert [(b.start, b.stop) for b in blocks] == [(0, 3), (3, 6), (6, 9), (9, 10)]
-    assert layer_blocks(10, layer_bytes=5000) == [slice(k, k + 1) for k in range(10)]  # never empty
+    assert layer_blocks(9, layer_bytes=5000) == [slice(k, min(k + 2, 9)) for k in range(0, 9, 2)]  # never 1
     monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 16 * 2**20)
     assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(k, k + 2) for k in range(0, 28, 2)]
+    monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 4 * 2**20)
+    assert layer_blocks(28, layer_bytes=3645 * 1024 * 4) == [slice(k, k + 2) for k in range(0, 28, 2)]
     monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cuda"))
     assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(0, 28)]  # no cache to fit on the GPU
 
@@ -241,7 +243,8 @@ def test_fewshot_probabilities_do_not_depend_on_the_layer_blocks(monkeypatch):
     episodes, source = non_separable_episodes(2, seed=3)
     params = resolve_params("fewshot_seg", {"tol": 1e-8})
     whole = [query_probabilities(e, source, params) for e in episodes]
-    monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 1)
+    monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 1)  # also products one token at a time
+    monkeypatch.setattr(probe_features, "MIN_BLOCK_LAYERS", 1)
     for episode, expected in zip(episodes, whole, strict=True):
         torch.testing.assert_close(query_probabilities(episode, source, params), expected, atol=1e-4, rtol=0)
 

@@ -104,15 +104,23 @@ def normalized_stack(rows: Sequence[torch.Tensor], layers: slice = slice(None)) 
     return out
 
 
+# Layers per block at least: the solver's many small operations each cost ~10 us of Python and
+# dispatch whatever the block; with one 512-d layer per block that was ~20 % of the T1 solve's CPU
+# time (2 or 4 layers: the same, within the noise of a shared machine).
+MIN_BLOCK_LAYERS = 2
+
+
 def layer_blocks(num_layers: int, layer_bytes: int) -> list[slice]:
     """Consecutive blocks of layers for a probe that makes many passes over its [L, n, C] input.
     On CPU a block holds at most CACHE_BLOCK_BYTES, so where layers are small enough it is built
     and then read from the last-level cache instead of DRAM for the whole computation (the
     batched T1 solve ran ~4x faster per pass with a 32 MB cache), and its buffer is small enough
-    for the allocator to reuse without fresh page faults; a layer larger than that is a block of
-    its own, whose products the solver runs over cache-sized chunks of tokens (`chunk_tokens`).
+    for the allocator to reuse without fresh page faults. Larger layers go MIN_BLOCK_LAYERS to a
+    block, whose products the solver runs over cache-sized chunks of tokens (`chunk_tokens`).
     On the GPU all layers form one block."""
-    per_block = num_layers if probe_device().type != "cpu" else max(1, CACHE_BLOCK_BYTES // max(1, layer_bytes))
+    if probe_device().type != "cpu":
+        return [slice(0, num_layers)]
+    per_block = max(MIN_BLOCK_LAYERS, CACHE_BLOCK_BYTES // max(1, layer_bytes))
     return [slice(start, min(start + per_block, num_layers)) for start in range(0, num_layers, per_block)]
 
 
