@@ -131,18 +131,38 @@ def random_problem(seed: int, layers: int = 4, n: int = 300, dim: int = 24):
     return torch.nn.functional.normalize(features, dim=-1), labels
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_batched_logistic_matches_sklearn_per_layer(seed):
+@pytest.mark.parametrize(
+    ("seed", "cache_block_bytes", "groups"),
+    [(0, None, None), (1, None, None), (2, None, None), (0, 2 * 37 * 4 * 24 * 4, None),
+     (1, None, [100, 0, 120, 80]), (2, 2 * 37 * 4 * 24 * 4, [100, 0, 120, 80])],
+)
+def test_batched_logistic_matches_sklearn_per_layer(seed, cache_block_bytes, groups, monkeypatch):
     """The optimum sklearn's estimator defines (tight tol: its default 1e-4 stops ~1e-3 away from
-    it in probability) equals ours within 1e-3 on every layer."""
+    it in probability) equals ours within 1e-3 on every layer; also when the products run over
+    chunks of 37 of the 300 tokens (a ragged last chunk), and with groups of tokens (images, one
+    empty) that have their own offsets, which the preconditioner takes."""
+    if cache_block_bytes is not None:
+        monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cpu"))
+        monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", cache_block_bytes)
+        assert probe_features.chunk_tokens(300, 4 * 24 * 4) == 37
     features, labels = random_problem(seed)
-    fit = fit_logistic(features, labels, C=1.0)
+    if groups is not None:
+        generator = torch.Generator().manual_seed(seed + 10)
+        offsets = torch.cat([torch.randn(4, 1, 24, generator=generator).expand(4, size, 24) for size in groups], 1)
+        features = torch.nn.functional.normalize(features + 0.5 * offsets, dim=-1)
+    fit = fit_logistic(features, labels, C=1.0, groups=groups)
     ours = torch.sigmoid(fit.logits(features)).numpy()
     for layer in range(features.shape[0]):
         reference = LogisticRegression(C=1.0, class_weight="balanced", tol=1e-10, max_iter=10000)
         reference.fit(features[layer].double().numpy(), labels.numpy())
         expected = reference.predict_proba(features[layer].double().numpy())[:, 1]
         np.testing.assert_allclose(ours[layer], expected, atol=1e-3)
+
+
+def test_logistic_groups_must_cover_the_tokens():
+    features, labels = random_problem(0)
+    with pytest.raises(ValueError, match="groups of 290 tokens for 300"):
+        fit_logistic(features, labels, groups=[200, 90])
 
 
 def non_separable_episodes(num: int, seed: int) -> tuple[list[SegEpisode], MemorySource]:
@@ -179,11 +199,27 @@ def test_layer_blocks_partition_the_layers_within_the_cache_budget(monkeypatch):
     monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 3000)
     blocks = layer_blocks(10, layer_bytes=1000)
     assert [(b.start, b.stop) for b in blocks] == [(0, 3), (3, 6), (6, 9), (9, 10)]
-    assert layer_blocks(10, layer_bytes=5000) == [slice(k, k + 1) for k in range(10)]  # never empty
+    assert layer_blocks(9, layer_bytes=5000) == [slice(k, min(k + 2, 9)) for k in range(0, 9, 2)]  # never 1
     monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 16 * 2**20)
     assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(k, k + 2) for k in range(0, 28, 2)]
+    monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 4 * 2**20)
+    assert layer_blocks(28, layer_bytes=3645 * 1024 * 4) == [slice(k, k + 2) for k in range(0, 28, 2)]
     monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cuda"))
     assert layer_blocks(28, layer_bytes=3645 * 512 * 4) == [slice(0, 28)]  # no cache to fit on the GPU
+
+
+def test_last_level_cache_bytes_reads_the_largest_data_cache(tmp_path):
+    for index, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "64K"),
+                                                 (2, "Unified", "512K"), (3, "Unified", "8192K")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "type").write_text(f"{kind}\n")
+        (folder / "size").write_text(f"{size}\n")
+    assert probe_features.last_level_cache_bytes(tmp_path) == 8 * 2**20
+    (tmp_path / "index3" / "size").write_text("32M\n")
+    assert probe_features.last_level_cache_bytes(tmp_path) == 32 * 2**20
+    assert probe_features.last_level_cache_bytes(tmp_path / "absent") == probe_features.FALLBACK_CACHE_BYTES
 
 
 def test_solve_blocks_solves_each_block_once_and_restores_the_thread_count(monkeypatch):
@@ -207,7 +243,8 @@ def test_fewshot_probabilities_do_not_depend_on_the_layer_blocks(monkeypatch):
     episodes, source = non_separable_episodes(2, seed=3)
     params = resolve_params("fewshot_seg", {"tol": 1e-8})
     whole = [query_probabilities(e, source, params) for e in episodes]
-    monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 1)
+    monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", 1)  # also products one token at a time
+    monkeypatch.setattr(probe_features, "MIN_BLOCK_LAYERS", 1)
     for episode, expected in zip(episodes, whole, strict=True):
         torch.testing.assert_close(query_probabilities(episode, source, params), expected, atol=1e-4, rtol=0)
 

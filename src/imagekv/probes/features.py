@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,8 +15,34 @@ import torch.nn.functional as F
 from imagekv.datasets.schema import VOID
 from imagekv.grid import TokenGrid
 
-# Half the last-level cache of one server CPU complex (32 MB here), leaving room for the rest.
-CACHE_BLOCK_BYTES = 16 * 2**20
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")  # Linux sysfs: index*/{level,type,size}
+# Where sysfs does not say (not Linux, or hidden in a container): a small server L3 slice, so
+# blocks err small (a too small block costs Python overhead; a too large one, DRAM bandwidth).
+FALLBACK_CACHE_BYTES = 8 * 2**20
+
+
+def last_level_cache_bytes(caches: Path = CPU_CACHES) -> int:
+    """Size of the largest data cache CPU 0 uses (sysfs `size` such as "8192K"), or
+    FALLBACK_CACHE_BYTES when sysfs does not say."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    sizes = []
+    for index in sorted(caches.glob("index*")):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if size[:-1].isdigit() and size[-1] in units:
+            sizes.append(int(size[:-1]) * units[size[-1]])
+        elif size.isdigit():
+            sizes.append(int(size))
+    return max(sizes, default=FALLBACK_CACHE_BYTES)
+
+
+# Half the last-level cache (8 MB on the 2-core EPYC these runs are measured on, 32 MB on a
+# larger server complex), leaving room for everything else the solver touches.
+CACHE_BLOCK_BYTES = last_level_cache_bytes() // 2
 
 if TYPE_CHECKING:
     from imagekv.probes import FeatureSource
@@ -76,14 +104,34 @@ def normalized_stack(rows: Sequence[torch.Tensor], layers: slice = slice(None)) 
     return out
 
 
+# Layers per block at least: the solver's many small operations each cost ~10 us of Python and
+# dispatch whatever the block; with one 512-d layer per block that was ~20 % of the T1 solve's CPU
+# time (2 or 4 layers: the same, within the noise of a shared machine).
+MIN_BLOCK_LAYERS = 2
+
+
 def layer_blocks(num_layers: int, layer_bytes: int) -> list[slice]:
     """Consecutive blocks of layers for a probe that makes many passes over its [L, n, C] input.
-    On CPU a block holds at most CACHE_BLOCK_BYTES, so it is built and then read from the
-    last-level cache instead of DRAM for the whole computation (the batched T1 solve runs ~4x
-    faster per pass), and its buffer is small enough for the allocator to reuse without fresh
-    page faults. On the GPU all layers form one block."""
-    per_block = num_layers if probe_device().type != "cpu" else max(1, CACHE_BLOCK_BYTES // max(1, layer_bytes))
+    On CPU a block holds at most CACHE_BLOCK_BYTES, so where layers are small enough it is built
+    and then read from the last-level cache instead of DRAM for the whole computation (the
+    batched T1 solve ran ~4x faster per pass with a 32 MB cache), and its buffer is small enough
+    for the allocator to reuse without fresh page faults. Larger layers go MIN_BLOCK_LAYERS to a
+    block, whose products the solver runs over cache-sized chunks of tokens (`chunk_tokens`).
+    On the GPU all layers form one block."""
+    if probe_device().type != "cpu":
+        return [slice(0, num_layers)]
+    per_block = max(MIN_BLOCK_LAYERS, CACHE_BLOCK_BYTES // max(1, layer_bytes))
     return [slice(start, min(start + per_block, num_layers)) for start in range(0, num_layers, per_block)]
+
+
+def chunk_tokens(num_tokens: int, token_bytes: int) -> int:
+    """Tokens per chunk for a pass that reads a block's tokens twice in a row (a product, then
+    the transposed product with its result): on CPU a chunk holds at most half of
+    CACHE_BLOCK_BYTES, so its second read comes from the cache while the other thread's chunk
+    also fits; the GPU takes all tokens at once."""
+    if probe_device().type != "cpu":
+        return num_tokens
+    return max(1, min(num_tokens, CACHE_BLOCK_BYTES // 2 // max(1, token_bytes)))
 
 
 def solve_blocks(solve: Callable[[slice], None], blocks: Sequence[slice]) -> None:

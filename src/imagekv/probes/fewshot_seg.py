@@ -96,6 +96,7 @@ def query_probabilities(episode: SegEpisode, source: FeatureSource, params: dict
             fit = fit_logistic(
                 normalized_stack(support, layers), labels,
                 C=params["C"], tol=params["tol"], max_newton=params["max_newton"], max_cg=params["max_cg"],
+                groups=[shot.shape[1] for shot in support],
             )
             probabilities[layers] = torch.sigmoid(fit.logits(normalized_stack(query, layers)))
 
