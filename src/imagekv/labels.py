@@ -66,6 +66,16 @@ class Provenance:
             samples=f"tasks={','.join(result['tasks'])}; perception=BLINK {spec['subtask']} ({spec['condition']})",
         )
 
+    @classmethod
+    def from_controls(cls, frame, run: str, scale: str) -> "Provenance":
+        """The provenance of the controls' controls.csv (imagekv.interventions.controls): no prefix,
+        but E5's rows compare the neutral and the find prefixes with none."""
+        passing = int(frame["pass"].astype(bool).sum())
+        return cls(
+            run=run, scale=scale, models=sorted(frame["model"].unique()), grid="fixed layout (planted twins)",
+            prefix="none (E5 rows: neutral, find)", samples=f"controls={len(frame)}, passing={passing}",
+        )
+
     def footer(self) -> str:
         parts = [
             f"run: {self.run} ({self.scale})",

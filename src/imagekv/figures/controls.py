@@ -34,9 +34,7 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
         ax.axvline(0, color="0.6", lw=0.8)
         ax.set_title(MODEL_LABELS.get(model, model))
         ax.set_xlabel("recovered (| planted)")
-    passing = int(frame["pass"].astype(bool).sum())
-    save(fig, outputs, Provenance(run=run, scale=scale, models=models, grid="fixed layout (planted twins)",
-                                  prefix="none", samples=f"controls={len(frame)}, passing={passing}"))
+    save(fig, outputs, Provenance.from_controls(frame, run, scale))
 
 
 def _number(text) -> float | None:

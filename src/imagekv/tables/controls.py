@@ -28,7 +28,4 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write(results: str | Path, stem: str | Path, run: str, scale: str) -> None:
     frame = read_table(results)
-    provenance = Provenance(run=run, scale=scale, models=sorted(frame["model"].unique()),
-                            grid="fixed layout (planted twins)", prefix="none",
-                            samples=f"controls={len(frame)}, passing={int(frame['pass'].sum())}")
-    write_table(summarise(frame), stem, CAPTION, provenance)
+    write_table(summarise(frame), stem, CAPTION, Provenance.from_controls(frame, run, scale))
