@@ -427,10 +427,10 @@ class PrefixPlant:
         input_ids = kwargs.get("input_ids")
         if input_ids is None or input_ids.shape[1] == 1:
             return None
-        image = torch.nonzero(input_ids[0] == self.plant.image_token_id).squeeze(1)
-        before = input_ids[0, : int(image[0])] if len(image) else input_ids[0]
+        runs = self.plant.runs  # recorded by Plant's pre-hook, which runs first
+        before = input_ids[0, : int(runs[0][0])] if runs else input_ids[0]
         self.named = named_object(self.tokenizer.decode(before))
-        one_image = len(self.plant.runs) == 1 and kwargs.get("pixel_values") is not None
+        one_image = len(runs) == 1 and kwargs.get("pixel_values") is not None
         self.token_colours = self._token_colours(kwargs) if one_image and self.named else None
         return None
 
