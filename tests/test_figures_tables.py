@@ -1,17 +1,20 @@
+import io
 import json
 import re
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import yaml
+from fontTools.ttLib import TTFont
 
 from imagekv import cli
 from imagekv.figures import layerwise, task_curves
-from imagekv.figures.style import panels, save, stamp
+from imagekv.figures.style import PDF_UNREAD_FONT_TABLES, apply_style, panels, save, stamp
 from imagekv.labels import SMOKE_MARK, Provenance
 from imagekv.tables import best_layers, paper_comparison, write_table
 from workflow_runs import ROOT, failure_details, snakemake  # noqa: F401
@@ -49,6 +52,25 @@ def test_saved_figures_are_byte_identical_across_saves(tmp_path):
     draw("b")
     for ext in ("pdf", "png"):
         assert (tmp_path / f"a.{ext}").read_bytes() == (tmp_path / f"b.{ext}").read_bytes()
+
+
+def embedded_fonts(pdf: bytes) -> list[TTFont]:
+    """The TrueType fonts a PDF embeds (its FontFile2 streams, as matplotlib writes them)."""
+    fonts = []
+    for number in re.findall(rb"/FontFile2 (\d+) 0 R", pdf):
+        start = re.search(rb"\n" + number + rb" 0 obj\n<<.*?>>\nstream\n", pdf, flags=re.S).end()
+        fonts.append(TTFont(io.BytesIO(zlib.decompressobj().decompress(pdf[start:pdf.index(b"endstream", start)]))))
+    return fonts
+
+
+def test_pdf_fonts_are_embedded_truetype_without_the_tables_a_pdf_never_reads(tmp_path):
+    apply_style()
+    fig, ax = plt.subplots()
+    ax.set_title("fine-tuned τ – office")  # ligatures and characters beyond ASCII
+    save(fig, [tmp_path / "f.pdf"], PROVENANCE)
+    fonts = embedded_fonts((tmp_path / "f.pdf").read_bytes())
+    assert fonts and all("glyf" in font for font in fonts)  # Type 42: TrueType outlines, as journals ask
+    assert not [table for font in fonts for table in PDF_UNREAD_FONT_TABLES if table in font]
 
 
 # --- layout -------------------------------------------------------------------------------------
