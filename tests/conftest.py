@@ -75,6 +75,20 @@ def reference_run(tmp_path_factory) -> tuple[Path, Counter]:
 
 
 @pytest.fixture(scope="session")
+def reference_report(reference_run, tmp_path_factory) -> tuple[Path, str]:
+    """`snakemake --report` of the reference run, built once for the tests that read it: the report
+    and Snakemake's log of building it."""
+
+    def report(folder: Path) -> dict:
+        result = snakemake(["--report", str(folder / "report.html")], reference_run[0], timeout=300)
+        return {"returncode": result.returncode, "details": failure_details(result), "log": result.stdout + result.stderr}
+
+    folder, built = built_once(tmp_path_factory, "reference_report", report)
+    assert built["returncode"] == 0, built["details"]
+    return folder / "report.html", built["log"]
+
+
+@pytest.fixture(scope="session")
 def smoke_datasets(tmp_path_factory) -> Path:
     """DIR/<dataset>: every smoke dataset as `rule synthesize_dataset` writes it (same function, same spec),
     made once per session for the tests that need the synthetic data but do not test its synthesis."""
