@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from imagekv import plan
 from imagekv.datasets.synthetic import write_synthetic
@@ -15,6 +16,10 @@ from workflow_runs import failure_details, fresh_copy, jobs_run, snakemake
 # No hub access here: fail fast instead of retrying for ~25 s (shared/notes/STACK.md).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread in each test process: xdist runs 4 of them on 2 cores, where torch's default (a
+# thread per core) spins waiting for the busy other core. Measured at load 9-12 on the six torch-heavy
+# unit test files: 94 CPU-s and 265 s wall on the default threads, 34 CPU-s and 57 s on one.
+torch.set_num_threads(1)
 
 # pytest-xdist (pyproject.toml: `-n 4 --dist loadfile --no-loadscope-reorder`) hands each worker process
 # whole test files, in collection order. The files that take minutes (measured in CI, slowest first)
@@ -72,6 +77,20 @@ def reference_run(tmp_path_factory) -> tuple[Path, Counter]:
     folder, run = built_once(tmp_path_factory, "reference", smoke_run)
     assert run["returncode"] == 0, run["details"]
     return folder / "project", Counter(run["jobs"])
+
+
+@pytest.fixture(scope="session")
+def reference_report(reference_run, tmp_path_factory) -> tuple[Path, str]:
+    """`snakemake --report` of the reference run, built once for the tests that read it: the report
+    and Snakemake's log of building it."""
+
+    def report(folder: Path) -> dict:
+        result = snakemake(["--report", str(folder / "report.html")], reference_run[0], timeout=300)
+        return {"returncode": result.returncode, "details": failure_details(result), "log": result.stdout + result.stderr}
+
+    folder, built = built_once(tmp_path_factory, "reference_report", report)
+    assert built["returncode"] == 0, built["details"]
+    return folder / "report.html", built["log"]
 
 
 @pytest.fixture(scope="session")

@@ -265,8 +265,9 @@ def test_a_malformed_entry_is_named(tmp_path, entry, message):
 # --- the workflow produces exactly the declared figures and tables -----------------------------------
 
 
+@pytest.fixture(scope="module")
 def declared_outputs() -> set[str]:
-    """The figure and table files the `all` rule asks for, from a dry run (common.smk's lists)."""
+    """The figure and table files the `all` rule asks for, from one dry run (common.smk's lists)."""
     result = snakemake(["all", "--dry-run", "--forcerun", "all", "--rerun-triggers", "mtime"], ROOT, timeout=120)
     assert result.returncode == 0, failure_details(result)
     job = result.stdout[result.stdout.index("rule all:"):]
@@ -284,11 +285,10 @@ def registry_name(stem: str, registry: dict) -> str | None:
 
 
 @pytest.mark.slow
-def test_every_declared_item_has_a_module_and_every_module_an_item():
-    declared = declared_outputs()
+def test_every_declared_item_has_a_module_and_every_module_an_item(declared_outputs):
     kinds = (("figures/", cli.FIGURES, {"pdf", "png"}), ("paper_tables/", cli.TABLES, {"csv", "md", "tex"}))
     for folder, registry, formats in kinds:
-        files = [Path(p) for p in declared if p.startswith(folder)]
+        files = [Path(p) for p in declared_outputs if p.startswith(folder)]
         stems = {f.stem for f in files}
         used = {registry_name(stem, registry) for stem in stems}
         assert None not in used, [s for s in stems if registry_name(s, registry) is None]
@@ -299,7 +299,7 @@ def test_every_declared_item_has_a_module_and_every_module_an_item():
 
 
 @pytest.mark.slow
-def test_smoke_run_produces_exactly_the_declared_figures_and_tables(reference_run):
+def test_smoke_run_produces_exactly_the_declared_figures_and_tables(reference_run, declared_outputs):
     project, _ = reference_run
     produced = {
         path.relative_to(project).as_posix()
@@ -307,16 +307,14 @@ def test_smoke_run_produces_exactly_the_declared_figures_and_tables(reference_ru
         for path in (project / folder / "smoke").rglob("*")
         if path.is_file()
     }
-    assert produced == declared_outputs()
+    assert produced == declared_outputs
 
 
 @pytest.mark.slow
-def test_report_has_every_figure_with_a_caption(reference_run, tmp_path):
-    project, _ = reference_run
-    result = snakemake(["--report", str(tmp_path / "report.html")], project, timeout=300)
-    assert result.returncode == 0, failure_details(result)
-    added = set(re.findall(r"Adding (\S+) \(", result.stdout + result.stderr))
-    figures = {Path(p).name for p in declared_outputs() if p.endswith(".png")}
+def test_report_has_every_figure_with_a_caption(reference_report, declared_outputs):
+    _, log = reference_report
+    added = set(re.findall(r"Adding (\S+) \(", log))
+    figures = {Path(p).name for p in declared_outputs if p.endswith(".png")}
     assert figures <= added, figures - added
     for caption in (ROOT / "workflow" / "report").glob("*.rst"):
         assert caption.read_text().strip()

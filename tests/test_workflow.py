@@ -64,11 +64,9 @@ def test_second_run_has_nothing_to_do(reference_run):
 
 
 @pytest.mark.slow
-def test_report_builds(reference_run):
-    project, _ = reference_run
-    result = snakemake(["--report", "report.html"], project, timeout=300)
-    assert result.returncode == 0, failure_details(result)
-    assert (project / "report.html").stat().st_size > 10_000
+def test_report_builds(reference_report):
+    report, _ = reference_report
+    assert report.stat().st_size > 10_000
 
 
 @pytest.mark.slow

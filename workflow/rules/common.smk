@@ -37,11 +37,13 @@ wildcard_constraints:
     table=NAME,
 
 
-# Threads of a feature extraction job. A smoke job's tiny twin spends most of its time starting up
-# (imports, tokenizer, model construction: one thread), so two one-thread jobs side by side finish
-# sooner than one job on two threads; a paper-scale job computes, on two. Stores do not depend on it
-# (tests/test_reproducible_extraction.py).
-EXTRACT_THREADS = 1 if config["scale"] == "smoke" else 2
+# Threads of a job that runs a model (feature extraction, BLINK answers). A smoke job's tiny twin
+# spends most of its time starting up (imports, tokenizer, model construction: one thread), so two
+# one-thread jobs side by side finish sooner than one job on two threads, and on a busy machine two
+# threads cost several times the CPU (a smoke BLINK job: 52 CPU-s on two, 13 on one, at load 5);
+# a paper-scale job computes, on two. Outputs do not depend on it (stores:
+# tests/test_reproducible_extraction.py; the smoke run's BLINK answers: the same bytes on one and two).
+MODEL_THREADS = 1 if config["scale"] == "smoke" else 2
 
 
 def as_json(spec):

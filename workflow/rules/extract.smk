@@ -17,7 +17,7 @@ rule extract_features:
     cache: True
     conda:
         "../../envs/models.yaml"
-    threads: EXTRACT_THREADS
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     params:

@@ -89,7 +89,7 @@ rule blink_answers:
         backbone="|".join(MLMS),
     conda:
         "../../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     params:
@@ -113,7 +113,7 @@ rule blink_perception_answers:
         backbone="|".join(plan.answer_override_models(config)) or "(?!)",
     conda:
         "../../envs/models.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         gpu=1,
     params:
