@@ -185,7 +185,7 @@ def not_surfaced(args: argparse.Namespace) -> None:
 def correlation(args: argparse.Namespace) -> None:
     from imagekv.interventions.correlation_run import correlation as run
 
-    run(json.loads(args.spec), Path(args.probes), Path(args.accuracy), Path(args.output))
+    run(json.loads(args.spec), [Path(p) for p in args.probes], Path(args.accuracy), Path(args.output))
 
 
 def controls(args: argparse.Namespace) -> None:
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("inputs", nargs="+", help="blink_answers.csv of each model")
     command("not-surfaced", not_surfaced).add_argument("--output", required=True)
     sub = command("correlation", correlation)
-    sub.add_argument("--probes", required=True, help="the collected probe results")
+    sub.add_argument("--probes", required=True, nargs="+", help="the MLMs' projection and value probe results")
     sub.add_argument("--accuracy", required=True, help="the collected BLINK accuracy")
     sub.add_argument("--output", required=True)
     sub = command("controls", controls)
