@@ -16,11 +16,16 @@ from imagekv.config import merge_configs
 from imagekv.extract import extract_store
 from imagekv.interventions.blink_accuracy import blink_accuracy
 from imagekv.interventions.blink_run import blink_answers
+from imagekv.interventions.correlation import projection_correlation
+from imagekv.interventions.correlation_run import correlation
 from imagekv.interventions.controls import (
+    ACROSS_MODELS,
+    CORRELATIONS,
     NEUTRAL_PREFIX,
     PREFIX_CONTROL_TASKS,
     TASK_PREFIX,
     blocking_rows,
+    correlation_rows,
     detection_rows,
     not_surfaced_rows,
     prefix_rows,
@@ -64,6 +69,8 @@ def test_every_control_passes(controls_run):
     expected |= {(model, f"Art_Style rate, layer {NOT_SURFACED_LAYER}") for model in config["models"]}  # E6
     expected |= {(model, f"{prefix} gain: {task}") for model in config["models"]
                  for prefix in (TASK_PREFIX, NEUTRAL_PREFIX) for task in PREFIX_CONTROL_TASKS}  # E5
+    expected |= {(ACROSS_MODELS, f"{label}, projection vs flagged accuracy (n = 3, no interval)")
+                 for label in CORRELATIONS.values()}  # E2
     assert set(zip(rows["model"], rows["control"])) == expected
     failing = rows[~rows["pass"].astype(bool)]
     assert failing.empty, failing.to_string()
@@ -199,6 +206,46 @@ def test_a_neutral_prefix_naming_the_object_fails_its_control(controls_run, tmp_
     units = pd.concat([units[units["prefix"] != NEUTRAL_PREFIX], named], ignore_index=True)
     rows = _prefix_control_rows(config, units, tmp_path)
     assert not any(rows[f"{NEUTRAL_PREFIX} gain: {task}"]["pass"] for task in PREFIX_CONTROL_TASKS)
+
+
+def test_perception_ordered_against_the_projection_fails_its_control(controls_run, tmp_path, monkeypatch):
+    """Mutation: the BLINK answers re-run with the planted qualities reversed (the probes left as the
+    run wrote them): perception falls as projection quality rises, both correlations turn negative."""
+    copy, config = controls_run
+    monkeypatch.chdir(copy)
+    qualities = planted.PROJECTION_QUALITY
+    ranked = sorted(qualities, key=qualities.get)
+    monkeypatch.setattr(planted, "PROJECTION_QUALITY", dict(zip(ranked, reversed([qualities[m] for m in ranked]))))
+    answers = []
+    for model in config["models"]:
+        spec = plan.blink_spec(config, model)
+        spec["params"] = spec["params"] | {"conditions": ["none", "flagged"]}
+        answers.append(tmp_path / f"{model}.csv")
+        blink_answers(spec, plan.intervention_path("controls", "key_variance.json", model), answers[-1])
+    blink_accuracy(plan.blink_accuracy_spec(config), answers, tmp_path / "accuracy.csv")
+    correlation(plan.correlation_spec(config), plan.correlation_inputs(config)["probes"], tmp_path / "accuracy.csv",
+                tmp_path / "correlation.json")
+    rows = correlation_rows(read_json(tmp_path / "correlation.json"))
+    assert len(rows) == 2 and not any(row["pass"] for row in rows), rows
+
+
+def test_e2_control_needs_a_positive_defined_correlation():
+    """correlation_rows on small records: a positive correlation passes, a negative or undefined one
+    (constant perception) fails; the row names the condition scored and has no interval."""
+    projection = {"a": {"t": 0.1}, "b": {"t": 0.2}, "c": {"t": 0.3}}
+    best = {model: {"t": 0.5} for model in projection}
+
+    def rows(perception: dict) -> list[dict]:
+        record = {"spec": {"condition": "flagged"}, **projection_correlation(projection, best, perception)}
+        return correlation_rows(record)
+
+    following = rows({"a": 0.5, "b": 0.6, "c": 0.9})
+    assert all(row["pass"] for row in following) and len(following) == 2
+    assert following[0]["control"] == "Pearson r, projection vs flagged accuracy (n = 3, no interval)"
+    assert all(pd.isna(row["ci_low"]) and pd.isna(row["ci_high"]) for row in following)
+    assert not any(row["pass"] for row in rows({"a": 0.9, "b": 0.6, "c": 0.5}))
+    constant = rows({"a": 0.5, "b": 0.5, "c": 0.5})
+    assert not any(row["pass"] for row in constant) and all(pd.isna(row["recovered"]) for row in constant)
 
 
 def test_the_prefix_plant_names_the_synthetic_objects():

@@ -114,6 +114,28 @@ def test_the_workflow_scores_e2_on_the_native_answers_and_blocking_on_its_own(sm
     assert "qwen2_5_vl/interventions/blink_answers.csv" in blocking and "perception" not in blocking
 
 
+def test_e2_reads_the_blocking_run_for_another_condition_and_only_its_tasks_probes(smoke):
+    """E2's default is each MLM's own unblocked answers on every task whose projection is probed;
+    another condition reads the blocking run's accuracy, and must be one it runs."""
+    default = plan.correlation_inputs(smoke)
+    assert default["accuracy"] == "results/smoke/interventions/perception_accuracy.csv"
+    assert plan.correlation_spec(smoke)["tasks"] == sorted(set(smoke["probes"]) - set(plan.TEXT_QUERY_TASKS))
+    controls = copy.deepcopy(smoke)
+    controls["interventions"]["correlation"] |= {"condition": "flagged", "tasks": ["temporal_corr"]}
+    validate_config(controls)
+    chosen = plan.correlation_inputs(controls)
+    assert chosen["accuracy"] == "results/smoke/interventions/blink_accuracy.csv"
+    assert chosen["probes"] == sorted(f"results/smoke/{model}/davis/probe/none/{representation}.csv"
+                                      for model in smoke["models"] for representation in ("projection", "values"))
+    assert plan.correlation_spec(controls)["condition"] == "flagged"
+    controls["interventions"]["blocking"]["conditions"] = ["none", "random"]
+    with pytest.raises(KeyError, match="interventions.correlation.condition is 'flagged'"):
+        plan.correlation_inputs(controls)
+    controls["interventions"]["correlation"]["tasks"] = ["semantic_seg"]
+    with pytest.raises(KeyError, match=r"interventions.correlation.tasks names \['semantic_seg'\]"):
+        plan.correlation_spec(controls)
+
+
 def test_the_native_answers_file_records_the_setting_it_was_answered_in(smoke, tmp_path):
     spec = plan.perception_answers_spec(smoke, "qwen2_5_vl") | {
         "dataset_root": str(tmp_path / "blink"), "device": "cpu", "dtype": "float32"}

@@ -185,14 +185,14 @@ def not_surfaced(args: argparse.Namespace) -> None:
 def correlation(args: argparse.Namespace) -> None:
     from imagekv.interventions.correlation_run import correlation as run
 
-    run(json.loads(args.spec), Path(args.probes), Path(args.accuracy), Path(args.output))
+    run(json.loads(args.spec), [Path(p) for p in args.probes], Path(args.accuracy), Path(args.output))
 
 
 def controls(args: argparse.Namespace) -> None:
     from imagekv.interventions.controls import controls as run
 
     run(json.loads(args.spec), [Path(p) for p in args.flags], Path(args.accuracy), Path(args.output),
-        [Path(p) for p in args.probes], Path(args.not_surfaced), Path(args.prefix_gains))
+        [Path(p) for p in args.probes], Path(args.not_surfaced), Path(args.prefix_gains), Path(args.correlation))
 
 
 def concat(args: argparse.Namespace) -> None:
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("inputs", nargs="+", help="blink_answers.csv of each model")
     command("not-surfaced", not_surfaced).add_argument("--output", required=True)
     sub = command("correlation", correlation)
-    sub.add_argument("--probes", required=True, help="the collected probe results")
+    sub.add_argument("--probes", required=True, nargs="+", help="the MLMs' projection and value probe results")
     sub.add_argument("--accuracy", required=True, help="the collected BLINK accuracy")
     sub.add_argument("--output", required=True)
     sub = command("controls", controls)
@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--output", required=True)
     sub.add_argument("--not-surfaced", required=True, help="E6's not_surfaced.csv")
     sub.add_argument("--prefix-gains", required=True, help="E5's prefix_gains.csv")
+    sub.add_argument("--correlation", required=True, help="E2's correlation.json")
     sub = command("concat", concat, spec=False)
     sub.add_argument("--output", required=True)
     sub.add_argument("--sort", required=True, help="comma-separated columns to sort the rows by")

@@ -498,8 +498,37 @@ def correlation_spec(config: dict) -> dict:
         "models": sorted(config["models"]),
         "benchmark": section["benchmark"],
         "subtask": section["score"],
-        "condition": BASELINE_CONDITION,
+        "condition": section.get("condition", BASELINE_CONDITION),
+        "tasks": correlation_tasks(config),
     }
+
+
+def correlation_tasks(config: dict) -> list[str]:
+    """E2's probe tasks: `interventions.correlation.tasks`, by default every task whose input
+    projection is probed (the text-query tasks' is not: `is_probed`)."""
+    projected = [task for task in tasks(config) if task not in TEXT_QUERY_TASKS]
+    chosen = interventions(config)["correlation"].get("tasks", projected)
+    unknown = sorted(set(chosen) - set(projected))
+    if unknown:
+        raise KeyError(f"interventions.correlation.tasks names {unknown}, which probes: does not define as a task "
+                       "whose projection is probed")
+    return sorted(chosen)
+
+
+def correlation_inputs(config: dict) -> dict[str, list[str] | str]:
+    """E2's inputs: each MLM's projection and value probes on its tasks, and the BLINK accuracy of
+    its condition: each MLM's own unblocked answers, or another condition of the blocking run."""
+    run, spec = config["run"], correlation_spec(config)
+    accuracy = intervention_path(run, "perception_accuracy.csv")
+    if spec["condition"] != BASELINE_CONDITION:
+        if spec["condition"] not in interventions(config)["blocking"]["conditions"]:
+            raise KeyError(f"interventions.correlation.condition is {spec['condition']!r}, which "
+                           "interventions.blocking.conditions does not run")
+        accuracy = intervention_path(run, "blink_accuracy.csv")
+    probes = sorted(probe_path(run, model, tasks(config)[task]["dataset"], "none", representation)
+                    for model in config["models"] for task in spec["tasks"]
+                    for representation in ("projection", "values"))
+    return {"probes": probes, "accuracy": accuracy}
 
 
 # The preflight (imagekv.preflight): the first job, on which every GPU job waits.

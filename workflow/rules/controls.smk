@@ -12,6 +12,7 @@ rule controls_results:
         probes=plan.control_probe_inputs(config),
         not_surfaced=plan.intervention_path("{run}", "not_surfaced.csv"),
         prefix_gains=plan.intervention_path("{run}", "prefix_gains.csv"),
+        correlation=plan.intervention_path("{run}", "correlation.json"),
     output:
         plan.intervention_path("{run}", "controls.csv"),
     log:
@@ -24,6 +25,7 @@ rule controls_results:
         "python -m imagekv controls --spec {params.spec:q} --flags {input.flags:q}"
         " --accuracy {input.accuracy:q} --probes {input.probes:q}"
         " --not-surfaced {input.not_surfaced:q} --prefix-gains {input.prefix_gains:q}"
+        " --correlation {input.correlation:q}"
         " --output {output:q} > {log:q} 2>&1"
 
 

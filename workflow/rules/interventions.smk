@@ -223,8 +223,7 @@ rule prefix_gains:
 
 rule correlation:
     input:
-        probes="results/{run}/probes.csv",
-        accuracy=plan.intervention_path("{run}", "perception_accuracy.csv"),
+        unpack(lambda wc: plan.correlation_inputs(config)),
     output:
         plan.intervention_path("{run}", "correlation.json"),
     log:

@@ -14,8 +14,11 @@ E6 not surfaced: the Art_Style mean read-out at the planted layer answers every 
 the not-surfaced rate there is the share of questions the model answers wrong (1 - its accuracy,
 the planted rate); the rate's 95 % Wilson interval over the questions must contain it.
 E5 prefix: on T3 and T4, the gain of the prefix naming the queried object ("Find: {text}.") over no
-prefix, whose paired-bootstrap interval must lie above 0, and of the neutral prefix, which names no
-object, whose interval must contain 0.
+prefix, whose paired-bootstrap interval must lie above 0 (by more than the stores' rounding), and of
+the neutral prefix, which names no object, whose interval must contain 0.
+E2 correlation: across the planted twins, the Pearson and Spearman correlations of the input
+projection's probe quality with the perception score (correlation.json); the plant orders both by
+PROJECTION_QUALITY, so both must be > 0. Three points give no interval.
 """
 
 from __future__ import annotations
@@ -138,7 +141,8 @@ PREFIX_CONTROL_TASKS = ("semantic_seg", "referring_seg")
 # Besides the twin's own change in INFO_LAYER, the neutral prefix rescales the noise of the other
 # layers' image values (imagekv.models.planted: its spread is the replaced values'), which the float16
 # stores round: pixels of a score map near tau can flip, moving the mIoU by ~1e-5 either way. An
-# interval within NEUTRAL_TOLERANCE of 0 counts as containing it.
+# interval within NEUTRAL_TOLERANCE of 0 counts as containing it, and the task prefix's gain must
+# clear it (a plant switched off leaves a gain of that rounding, ~1e-6, of either sign).
 NEUTRAL_TOLERANCE = 1e-3
 
 
@@ -149,7 +153,7 @@ def prefix_rows(gains: pd.DataFrame) -> list[dict]:
     for model, frame in gains.groupby("model"):
         by_condition = frame.set_index(["task", "prefix"])
         for task in PREFIX_CONTROL_TASKS:
-            for prefix, planted, passes in ((TASK_PREFIX, "> 0", _above_zero), (NEUTRAL_PREFIX, "0", _near_zero)):
+            for prefix, planted, passes in ((TASK_PREFIX, "> 0", _above_rounding), (NEUTRAL_PREFIX, "0", _near_zero)):
                 if (task, prefix) not in by_condition.index:
                     raise ValueError(f"prefix_gains.csv holds no {prefix!r} gain on {task} for {model}; the controls "
                                      "need interventions.prefix to run it (config/controls.yaml)")
@@ -157,6 +161,24 @@ def prefix_rows(gains: pd.DataFrame) -> list[dict]:
                 low, high = float(row["low"]), float(row["high"])
                 rows.append(_row("E5 prefix", model, f"{prefix} gain: {task}", planted, float(row["gain"]),
                                  passed=passes(low, high), low=low, high=high))
+    return rows
+
+
+ACROSS_MODELS = "all"  # the model column of a control computed across the models (E2)
+CORRELATIONS = {"pearson": "Pearson r", "spearman": "Spearman rho"}
+
+
+def correlation_rows(record: Mapping) -> list[dict]:
+    """E2's correlation.json: each correlation of projection quality with the perception score
+    (the accuracy of the record's condition) against the planted sign; undefined counts as failing."""
+    reading = record["projection_quality"]
+    condition = record["spec"]["condition"]
+    rows = []
+    for statistic, label in CORRELATIONS.items():
+        value = reading[statistic]
+        control = f"{label}, projection vs {condition} accuracy (n = {reading['n']}, no interval)"
+        rows.append(_row("E2 correlation", ACROSS_MODELS, control, "> 0", float("nan") if value is None else value,
+                         passed=value is not None and value > 0))
     return rows
 
 
@@ -170,6 +192,10 @@ def wilson_interval(rate: float, n: int, z: float = WILSON_Z) -> tuple[float, fl
 
 def _above_zero(low: float, high: float) -> bool:
     return low > 0
+
+
+def _above_rounding(low: float, high: float) -> bool:
+    return low > NEUTRAL_TOLERANCE
 
 
 def _around_zero(low: float, high: float) -> bool:
@@ -187,10 +213,11 @@ def _row(experiment: str, model: str, control: str, planted, recovered: float, *
 
 
 def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, output: Path,
-             probe_paths: Sequence[Path], not_surfaced_path: Path, prefix_gains_path: Path) -> None:
+             probe_paths: Sequence[Path], not_surfaced_path: Path, prefix_gains_path: Path,
+             correlation_path: Path) -> None:
     """Every control's row, from the models' key_variance.json, the collected BLINK accuracy,
-    the probe results of the controls' tasks (the MLMs' values, the noise backbone) and E6's
-    not_surfaced.csv and E5's prefix_gains.csv."""
+    the probe results of the controls' tasks (the MLMs' values, the noise backbone), E6's
+    not_surfaced.csv, E5's prefix_gains.csv and E2's correlation.json."""
     rows = []
     rows += probe_rows(pd.concat([read_results(path) for path in probe_paths], ignore_index=True))
     for path in flags_paths:
@@ -199,4 +226,5 @@ def controls(spec: dict, flags_paths: Sequence[Path], accuracy_path: Path, outpu
     rows += blocking_rows(read_table(accuracy_path))
     rows += not_surfaced_rows(read_table(not_surfaced_path))
     rows += prefix_rows(read_table(prefix_gains_path))
+    rows += correlation_rows(read_json(correlation_path))
     write_table_rows(stamp(pd.DataFrame(rows), spec), output, CONTROL_SORT)

@@ -3,6 +3,7 @@ perception score, and their correlations, written as one JSON record."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -14,13 +15,14 @@ from imagekv.probes.headline import headline_rows
 from imagekv.results import read_results, read_table
 
 
-def correlation(spec: dict, probes: Path, accuracy: Path, output: Path) -> None:
-    rows = headline_rows(read_results(probes))
-    rows = rows[rows["model"].isin(spec["models"])]
+def correlation(spec: dict, probes: Sequence[Path], accuracy: Path, output: Path) -> None:
+    rows = headline_rows(pd.concat([read_results(path) for path in probes], ignore_index=True))
+    rows = rows[rows["model"].isin(spec["models"]) & rows["task"].isin(spec["tasks"])]
     projection_rows = rows[rows["representation"] == "projection"]
     tasks = sorted(t for t, group in projection_rows.groupby("task") if set(group["model"]) == set(spec["models"]))
     if not tasks:
-        raise ValueError(f"{probes}: no task has input-projection probe rows for every model {spec['models']}")
+        raise ValueError(f"{[str(path) for path in probes]}: no task of {spec['tasks']} has input-projection "
+                         f"probe rows for every model {spec['models']}")
     projection = {m: {t: _value(projection_rows, m, t, "max") for t in tasks} for m in spec["models"]}
     value_rows = rows[rows["representation"] == "values"]
     best_layer = {m: {t: _value(value_rows, m, t, "max") for t in tasks} for m in spec["models"]}

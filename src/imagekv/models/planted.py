@@ -1,14 +1,15 @@
 """Planted twins: the tiny twins (imagekv.models.tiny) with effects of the paper's experiments (E4,
-the probes, E6, E5) put in by hand, at a known place and with a known size, so the controls run
+the probes, E6, E5, E2) put in by hand, at a known place and with a known size, so the controls run
 (config/controls.yaml) can check that the experiments recover them (README, "Controls").
 
 A planted twin is the same seeded random twin plus fixed forward hooks on its LM, installed in
 code (`build_planted`); nothing is learned and nothing binary is stored. The effects are hooks
 rather than edited weight matrices because they are tied to token positions (grid positions, the
 answer position), which position-independent weights cannot single out in a random network. Every
-hook rewrites the output of one projection of the real modules, so the KV cache, the attention
-masks, the blocking hooks (imagekv.interventions.blocking) and the extraction see the planted model
-exactly as they see any other.
+hook rewrites the output of one projection of the real modules (E2's: the input projection's, the
+image embeddings the LM receives), so the KV cache, the attention masks, the blocking hooks
+(imagekv.interventions.blocking) and the extraction see the planted model exactly as they see any
+other.
 
 What is set, in every LM layer l >= PLANTED_FROM (the planted ell0), for each image's run of tokens
 (a run = the image tokens of one image, adjacent images' runs cut at each image's token count; the
@@ -29,29 +30,32 @@ and Qwen2.5-VL's fixed 8x8 grid, is the raster index the detector and the blocki
   slowest (the last of each rotated pair: well under a degree over the twins' prompts), so their
   dot product survives the rotation.
 - Answer (the LM head at the last position, questions of a reference and two candidate images,
-  letters A and B): the "perceived" vote is the share by which the first candidate's mean LM input
-  embedding lies nearer the reference's than the second's (> 0 votes A). The letter logits get
-  +-ANSWER_GAIN * vote * (1 - MISLEAD * read), which outweighs the twin's own logits: with the
-  artifact tokens readable (read = 1) the answer is the reverse of the perceived one, with them
-  blocked (read = 0) it is the perceived one.
+  letters A and B): a "perceived" vote is the share by which the first candidate's mean LM input
+  embedding lies nearer the reference's than the second's (> 0 votes A), taken on the clean
+  embeddings (before E2's hook, below) and on those the LM received (after it). The letter logits get
+  +-ANSWER_GAIN * ((1 - read) * received vote - read * clean vote), which outweighs the twin's own
+  logits: with the artifact tokens readable (read = 1) the answer is the reverse of the clean
+  perceived one, with them blocked (read = 0) it is the one perceived through the projection.
 
 Consequences the controls check (imagekv.interventions.controls): blocking the flagged keys in the
-layers from ell0 raises BLINK accuracy from 1 - a to a, a = the accuracy of the perceived answer on
-the questions (the planted gain is 2a - 1, > 0 whenever perception beats chance; a is 0.875 to 1 on
-the controls run's questions); blocking as many random image positions leaves some artifact tokens
-of every image visible (it would need all 4 of an image's 4 of ~64 among its picks), so the read
-stays 1 and nothing changes. Blocking other positions, or the artifact positions in layers below
-ell0, changes nothing either: the read happens in the planted layers.
+layers from ell0 raises BLINK accuracy from 1 - a to a_q, a = the accuracy of the clean perceived
+answer on the questions and a_q that of the received one (E2); the planted gain a_q + a - 1 is > 0
+whenever both beat chance (on the controls run's questions a is 0.875 to 1, a_q 0.625 to 1);
+blocking as many random image positions leaves some artifact tokens of every image visible (it
+would need all 4 of an image's 4 of ~64 among its picks), so the read stays 1 and nothing changes.
+Blocking other positions, or the artifact positions in layers below ell0, changes nothing either:
+the read happens in the planted layers.
 
 Probes (`ProbePlant`): the image information of the values is left in one layer only. In every LM
 layer but INFO_LAYER (the planted peak, below PLANTED_FROM), v_proj's output at the image tokens is
 replaced by Gaussian noise of the replaced values' spread, drawn from a generator seeded by a hash
-of the prompt's input embeddings (so it differs from image to image and is reproducible, yet no
+of the prompt's clean input embeddings (so it differs from image to image and is reproducible, yet no
 probe can read the image from it); in the E4 layers only KV head 1 is replaced, head 0 keeping E4's
 input-agnostic values. INFO_LAYER keeps the twin's own values, which carry the image (the residual
-stream still holds the projected image tokens). In NULL_MODEL, INFO_LAYER is replaced too: its image
-values carry no information in any layer. Keys, the projection, the tower and the text tokens are
-untouched, and the E4 answer reads the input embeddings, so E4's controls are unchanged.
+stream still holds the projected image tokens, E2's). In NULL_MODEL, INFO_LAYER is replaced too: its
+image values carry no information in any layer. This plant leaves the keys, the projection, the
+tower and the text tokens alone, and the E4 answer reads the input embeddings, so E4's controls are
+unchanged.
 
 E6 (not surfaced), in prompts of one image (the E6 value store holds one image per context, SPEC
 E6; the BLINK questions' prompts of three images are left alone): the values of every image token
@@ -79,8 +83,41 @@ noise that replaces the other layers' image values (the replaced values'). The o
 prompts (DAVIS frames, the key-variance pool, E6's one-image BLINK store) have no prefix, and the
 BLINK questions hold three images, so E4, E6 and the probes are unchanged.
 
+E2 (projection quality; `QualityPlant`): the image embeddings the LM receives (the decoder's input
+embeddings at the image tokens, which the extraction stores as the projection) are replaced by
+NOISE_SPREAD * (q * code + (1 - q) * noise), with q the twin's PROJECTION_QUALITY (0.9 Qwen2.5-VL,
+0.65 LLaVA-OneVision, 0.45 LLaVA-NeXT: the null model lowest, see below). A grid token's code is
+CODE_GAIN on the dimension of its colour bin (the mean input colour of its cell, binned as E6's
+code); the tokens past the grid (LLaVA's crops and newlines) have none. The noise is standard
+normal per token, seeded by the image's clean embeddings (as the probe plant's), plus PLACE_BIAS
+times a vector seeded by the image's place in the prompt alone (first, second, third). What follows:
+
+- Probes of the projection: tokens of one colour match across frames as far as the code outweighs
+  the per-token noise, so DAVIS label propagation scores in the order of q (J&F 0.39, 0.34, 0.27 in the
+  controls run; the twins' own projections scored 0.25, 0.17, 0.34, in no planted order).
+- The vote on the received embeddings compares the images' mean codes (colour histograms: the right
+  candidate shares the reference's palette, or its object's class and so its colour) with the place
+  biases added, which are the same in every question: a question is voted right above a threshold
+  quality of its own and below it by the letter the biases favour, whatever the images (the floor:
+  the share of questions that letter answers, 5 of 8 in the controls run). The twins share the
+  questions, the biases and nearly the codes, so their share of right votes a_q grows with q (1,
+  0.875, 0.625 in the controls run): the flagged condition's accuracy follows the projection's
+  quality. The unblocked answer reads the clean embeddings, so E4's baseline and E6 are unchanged.
+- The LM sees no more of the twin's own projection: INFO_LAYER's values carry the code and noise.
+  So the null model takes the lowest q, and no q is low enough to empty INFO_LAYER: the informed
+  twins' peaks there (DAVIS J&F 0.36, 0.24) stay well above the noise bound of the null control
+  (0.006), and the null model's, were it not nulled, would score 0.24, which that control flags.
+  The per-token noise keeps every key varying from image to image; without it (q = 1) keys at grid
+  positions that show the same backdrop colour in most images were flagged in layer 0.
+- E5: at q = 0.9 INFO_LAYER's code lets the T3 probe segment with no prefix (mIoU 0.33 against 0.12
+  at the noise layers), so the find prefix's gain over no prefix is smaller on T3 for the top twin
+  (interval from +0.05 for Qwen2.5-VL; LLaVA-OneVision on top, its interval reached 0). The embeddings'
+  spread, NOISE_SPREAD, outweighs what layer 0's attention adds at the image tokens, so the neutral
+  prefix moves INFO_LAYER's image values little (its T3 gain within 0.01 of 0).
+
 The layers, then, of the twins' 4 (every model; NULL_MODEL differs only in layer 1):
 
+- input (E2): the image embeddings, q parts colour code, 1 - q parts noise.
 - layer 0 (NOT_SURFACED_LAYER): one-image prompts, the colour code; other prompts, noise.
 - layer 1 (INFO_LAYER): the twin's own values (NULL_MODEL: noise).
 - layers 2-3 (PLANTED_FROM on, E4): KV head 0 E4's artifact values, KV head 1 noise; in layer 3
@@ -95,7 +132,7 @@ candidate shares the reference's palette and the wrong one does not
 (imagekv.datasets.synthetic.blink), so E6's value read-out at NOT_SURFACED_LAYER answers every
 Art_Style question right (cosine of the codes; checked over 300 drawn questions); layers 2-3 hold
 noise and E4's input-agnostic values instead. The model's unblocked answer is the E4 plant's, the
-reverse of the perceived one, so it is wrong on a share a of the questions, and the not-surfaced
+reverse of the clean perceived one, so it is wrong on a share a of the questions, and the not-surfaced
 rate at NOT_SURFACED_LAYER (read-out right, model wrong) is that share, 1 - the model's accuracy.
 """
 
@@ -116,7 +153,6 @@ PLANTED_FROM = 2  # the planted ell0: layers 2 and 3 of the twins' 4
 PLANTED_OFFSETS = (9, 18, 45, 54)  # grid positions (raster index in the 8x8 fixed layout)
 ARTIFACT_GAIN = 40.0
 ANSWER_GAIN = 100.0
-MISLEAD = 2.0
 HEAD_DIM = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
 KV_HEADS = TINY_LM["num_key_value_heads"]
 QUERY_HEADS_PER_KV = TINY_LM["num_attention_heads"] // KV_HEADS
@@ -127,6 +163,16 @@ COLOUR_LEVELS = 3  # per RGB channel: 3**3 = 27 colour bins, within the twins' 3
 SLOW_PAIR = (HEAD_DIM // 2 - 1, HEAD_DIM - 1)
 INFO_LAYER = 1  # the probes' planted peak: the only layer whose image values carry the image
 NULL_MODEL = "llava_next"  # the planted twin whose image values carry no information in any layer
+# E2: each twin's planted projection quality, the share of the image embeddings the LM receives that is
+# the tokens' colour code (the rest noise). Ordered by construction; the null model is the lowest.
+PROJECTION_QUALITY = {"qwen2_5_vl": 0.9, "llava_onevision": 0.65, "llava_next": 0.45}
+CODE_GAIN = 8.0  # the colour code's norm, against the per-token noise's ~8 (64 dims of unit spread)
+# The noise's spread per dimension in the embeddings: ten times the twins' own image embeddings'
+# (~0.025), so that they outweigh what layer 0's attention adds to the residual stream (E5's neutral
+# prefix then leaves INFO_LAYER's image values nearly as they are).
+NOISE_SPREAD = 0.25
+PLACE_BIAS = 2.0  # the spread of the noise shared by the images at one place, against the per-token noise's
+QUALITY_TAG = 2**15  # image_noise's tag of E2's noise (no LM layer has it)
 
 
 def planted_layers() -> tuple[int, ...]:
@@ -138,6 +184,7 @@ def build_planted(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, Pr
     model, processor = build_tiny(architecture, seed=seed)
     plant = Plant(model, processor)
     plant.install()
+    QualityPlant(plant, PROJECTION_QUALITY[architecture]).install()
     ProbePlant(plant, null=architecture == NULL_MODEL).install()
     plant.install_colour_code()  # after the probe plant: its code replaces that layer's noise
     PrefixPlant(plant, processor).install()  # E5, after the probe plant: it adds to that layer's noise
@@ -153,7 +200,8 @@ class Plant:
         self.letter_ids = [_letter_ids(processor.tokenizer, letter) for letter in "AB"]
         self.runs: list[torch.Tensor] = []  # token positions of each image, in prompt order
         self.query_start = 0
-        self.embeds: torch.Tensor | None = None
+        self.embeds: torch.Tensor | None = None  # the LM's input embeddings before E2's hook (clean)
+        self.received: torch.Tensor | None = None  # and after it: what the LM receives
         self.last_heads: torch.Tensor | None = None  # o_proj input of the last layer
         image_processor = processor.image_processor
         self.pixel_mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)
@@ -217,7 +265,7 @@ class Plant:
         return [base + rows * (cols + 1) for rows, cols in shapes]
 
     def _read_embeds(self, module, args, kwargs):
-        self.embeds = kwargs["inputs_embeds"][0].detach()
+        self.embeds = self.received = kwargs["inputs_embeds"][0].detach()
         return None
 
     # --- the hooks -------------------------------------------------------------------------------
@@ -266,8 +314,9 @@ class Plant:
         if len(self.runs) != 3 or self.last_heads is None or self._new_tokens(output)[-1] < self.query_start:
             return None
         read = self.last_heads[0].float()  # query head 0: the attention mass on the artifact tokens
-        means = [self.embeds[run].float().mean(dim=0) for run in self.runs]
-        vote = perceived_vote(*means) * (1 - MISLEAD * read)
+        clean = perceived_vote(*[self.embeds[run].float().mean(dim=0) for run in self.runs])
+        received = perceived_vote(*[self.received[run].float().mean(dim=0) for run in self.runs])
+        vote = (1 - read) * received - read * clean
         output = output.clone()
         for sign, ids in zip((1.0, -1.0), self.letter_ids):
             output[0, -1, ids] += sign * ANSWER_GAIN * vote.to(output.dtype)
@@ -300,15 +349,88 @@ def colour_code(pixel_values: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     else:
         channels = pixels.movedim(-3, 0).reshape(3, -1)
     rgb = channels.cpu() * std[:, None] + mean[:, None]
-    levels = (rgb * COLOUR_LEVELS).floor().clamp(0, COLOUR_LEVELS - 1).long()
-    bins = (levels[0] * COLOUR_LEVELS + levels[1]) * COLOUR_LEVELS + levels[2]
-    counts = torch.bincount(bins, minlength=COLOUR_LEVELS**3).float()
+    counts = torch.bincount(colour_bins(rgb.T), minlength=COLOUR_LEVELS**3).float()
     return counts / counts.norm()
+
+
+def colour_bins(rgb: torch.Tensor) -> torch.Tensor:
+    """long [n]: the colour bin of each of n RGB colours [n, 3] in [0, 1], each channel cut in COLOUR_LEVELS."""
+    levels = (rgb * COLOUR_LEVELS).floor().clamp(0, COLOUR_LEVELS - 1).long()
+    return (levels[:, 0] * COLOUR_LEVELS + levels[:, 1]) * COLOUR_LEVELS + levels[:, 2]
+
+
+def token_colours(plant: Plant, kwargs: dict) -> list[torch.Tensor]:
+    """Per image of the prompt, the mean input colour (RGB in [0, 1]) of each grid token [tokens, 3]:
+    Qwen2.5-VL's merged 2x2 patches (its processor lays each token's patches out together, channel
+    first), the LLaVA family's base-view cells (the first tokens of each image's run)."""
+    pixels = kwargs["pixel_values"].detach().float().cpu()
+    config = plant.model.config
+    if pixels.ndim == 2:
+        merged = config.vision_config.spatial_merge_size ** 2  # patches per LM token
+        tokens = pixels.reshape(-1, merged, 3, pixels.shape[1] // 3).mean(dim=(1, 3))
+        counts = (kwargs["image_grid_thw"].prod(dim=1) // merged).tolist()
+        per_image = torch.split(tokens, counts)
+    else:
+        side = AnyresGeometry.from_config(config).side
+        cell = pixels.shape[-1] // side
+        per_image = [base.reshape(3, side, cell, side, cell).mean(dim=(2, 4)).reshape(3, -1).T
+                     for base in pixels[:, 0]]
+    return [tokens * plant.pixel_std + plant.pixel_mean for tokens in per_image]
 
 
 def _letter_ids(tokenizer, letter: str) -> list[int]:
     ids = [tokenizer.encode(text, add_special_tokens=False) for text in (letter, f" {letter}")]
     return sorted({tokens[0] for tokens in ids if len(tokens) == 1})
+
+
+class QualityPlant:
+    """E2's hook: the image embeddings the LM receives are, in the share `quality`, each token's
+    colour code, and noise in the rest. Installed after `Plant`, whose record of the prompt it reads
+    and whose record of what the LM receives it updates."""
+
+    def __init__(self, plant: Plant, quality: float):
+        self.plant = plant
+        self.quality = quality
+        self.colours: list[torch.Tensor] = []  # per image, its grid tokens' colours
+
+    def install(self) -> None:
+        self.plant.model.register_forward_pre_hook(self._read_prompt, with_kwargs=True)
+        self.plant.model.get_decoder().register_forward_pre_hook(self._degrade, with_kwargs=True)
+
+    def _read_prompt(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None or input_ids.shape[1] == 1:
+            return None
+        pixels = kwargs.get("pixel_values")
+        self.colours = token_colours(self.plant, kwargs) if pixels is not None and self.plant.runs else []
+        return None
+
+    def _degrade(self, module, args, kwargs):
+        embeds = kwargs["inputs_embeds"]
+        if embeds.shape[1] == 1 or not self.colours:
+            return None
+        embeds = embeds.clone()
+        for place, (run, colours) in enumerate(zip(self.plant.runs, self.colours, strict=True)):
+            mixed = projected_tokens(colours, self.plant.embeds[run], place, self.quality)
+            embeds[0, run.to(embeds.device)] = (NOISE_SPREAD * mixed).to(embeds.device, embeds.dtype)
+        self.plant.received = embeds[0].detach()
+        return args, {**kwargs, "inputs_embeds": embeds}
+
+
+def projected_tokens(colours: torch.Tensor, clean: torch.Tensor, place: int, quality: float) -> torch.Tensor:
+    """[tokens, hidden] in units of the noise's spread: `quality` times each grid token's colour code
+    (CODE_GAIN on the dimension of its colour bin; tokens past the grid have none) plus 1 - quality
+    times noise: per token, seeded by the image's clean embeddings `clean`, and PLACE_BIAS times a
+    vector shared by every image at the same `place` in a prompt (`place_bias`)."""
+    code = torch.zeros(clean.shape)
+    code[torch.arange(len(colours)), colour_bins(colours)] = CODE_GAIN
+    noise = image_noise(clean, QUALITY_TAG, tuple(clean.shape)) + PLACE_BIAS * place_bias(place, clean.shape[1])
+    return quality * code + (1 - quality) * noise
+
+
+def place_bias(place: int, size: int) -> torch.Tensor:
+    """Standard normal [size], seeded by an image's place in the prompt (0: the first image) alone."""
+    return torch.randn(size, generator=torch.Generator().manual_seed(QUALITY_TAG + place))
 
 
 class ProbePlant:
@@ -341,10 +463,11 @@ class ProbePlant:
         return hook
 
 
-def image_noise(embeds: torch.Tensor, layer: int, shape: tuple[int, int]) -> torch.Tensor:
-    """Standard normal noise seeded by a hash of the image tokens' input embeddings and the layer:
-    reproducible, different for every image, and no function of the image a probe could learn."""
-    digest = hashlib.sha256(embeds.float().cpu().numpy().tobytes() + layer.to_bytes(2, "little")).digest()
+def image_noise(embeds: torch.Tensor, tag: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Standard normal noise seeded by a hash of the image tokens' input embeddings and a tag (the
+    layer, or QUALITY_TAG): reproducible, different for every image, and no function of the image a
+    probe could learn."""
+    digest = hashlib.sha256(embeds.float().cpu().numpy().tobytes() + tag.to_bytes(2, "little")).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
     return torch.randn(shape, generator=generator)
 
@@ -431,22 +554,8 @@ class PrefixPlant:
         before = input_ids[0, : int(runs[0][0])] if runs else input_ids[0]
         self.named = named_object(self.tokenizer.decode(before))
         one_image = len(runs) == 1 and kwargs.get("pixel_values") is not None
-        self.token_colours = self._token_colours(kwargs) if one_image and self.named else None
+        self.token_colours = token_colours(self.plant, kwargs)[0] if one_image and self.named else None
         return None
-
-    def _token_colours(self, kwargs) -> torch.Tensor:
-        """Mean input colour of each grid token: Qwen2.5-VL's merged 2x2 patches (its processor lays
-        each token's patches out together, channel first), the LLaVA family's base-view cells."""
-        pixels = kwargs["pixel_values"].detach().float().cpu()
-        if pixels.ndim == 2:
-            merged = self.plant.model.config.vision_config.spatial_merge_size ** 2  # patches per LM token
-            tokens = pixels.reshape(-1, merged, 3, pixels.shape[1] // 3).mean(dim=(1, 3))
-        else:
-            side = AnyresGeometry.from_config(self.plant.model.config).side
-            base = pixels[0, 0]
-            cell = base.shape[-1] // side
-            tokens = base.reshape(3, side, cell, side, cell).mean(dim=(2, 4)).reshape(3, -1).T
-        return tokens * self.plant.pixel_std + self.plant.pixel_mean
 
     def _plant_direction(self, module, args, output):
         text_only = not self.plant.runs
