@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from imagekv.pairing import notes as pairing_notes
 
+ACROSS_MODELS = "all"  # the model column of a result computed across the models (E2's control)
 MODEL_LABELS = {
     "llava_onevision": "LLaVA-OneVision",
     "qwen2_5_vl": "Qwen2.5-VL",
@@ -19,6 +20,7 @@ MODEL_LABELS = {
     "clip": "CLIP ViT-L/14-336",
     "oracle": "oracle",
     "noise": "noise",
+    ACROSS_MODELS: "across the models",
 }
 METRIC_LABELS = {"miou": "mIoU", "fbiou": "FB-IoU", "jaccard": "Jaccard", "precision": "precision",
                  "pck@0.1": "PCK@0.1", "j&f": "J&F", "j": "J", "f": "F", "pointing": "pointing acc."}
@@ -72,7 +74,8 @@ class Provenance:
         but E5's rows compare the neutral and the find prefixes with none."""
         passing = int(frame["pass"].astype(bool).sum())
         return cls(
-            run=run, scale=scale, models=sorted(frame["model"].unique()), grid="fixed layout (planted twins)",
+            run=run, scale=scale, models=sorted(set(frame["model"]) - {ACROSS_MODELS}),
+            grid="fixed layout (planted twins)",
             prefix="none (E5 rows: neutral, find)", samples=f"controls={len(frame)}, passing={passing}",
         )
 

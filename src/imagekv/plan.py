@@ -510,8 +510,8 @@ def correlation_tasks(config: dict) -> list[str]:
     chosen = interventions(config)["correlation"].get("tasks", projected)
     unknown = sorted(set(chosen) - set(projected))
     if unknown:
-        raise KeyError(f"interventions.correlation.tasks names {unknown}, which probes: does not define as a task "
-                       "whose projection is probed")
+        raise KeyError(f"interventions.correlation.tasks names {unknown}; expected tasks of `probes:` whose input "
+                       f"projection is probed: {sorted(projected)}")
     return sorted(chosen)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from imagekv.io import read_json
+from imagekv.labels import ACROSS_MODELS
 from imagekv.models.planted import (
     INFO_LAYER,
     NOT_SURFACED_LAYER,
@@ -164,7 +165,6 @@ def prefix_rows(gains: pd.DataFrame) -> list[dict]:
     return rows
 
 
-ACROSS_MODELS = "all"  # the model column of a control computed across the models (E2)
 CORRELATIONS = {"pearson": "Pearson r", "spearman": "Spearman rho"}
 
 
