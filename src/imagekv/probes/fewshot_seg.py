@@ -37,7 +37,10 @@ DEFAULTS = {
     "label_threshold": 0.5,  # a token is foreground when this fraction of its pixels is
     "drop_ambiguous": False,  # leave out support tokens with coverage in (0.25, 0.75)
     "threshold": 0.5,  # on the upsampled query probabilities
-    "tol": 1e-5,  # solver stop: max |gradient| <= tol * C * sum of sample weights (sklearn: 1e-4)
+    # Solver stop: max |gradient| <= tol * C * sum of sample weights, sklearn's criterion at its
+    # default. 1e-5 moved no layer's mIoU by more than 0.001 on the T1 benchmark (sklearn's own
+    # stopping error is larger) and cost ~20 % more CPU.
+    "tol": 1e-4,
     "max_newton": 50,
     "max_cg": 50,
 }
