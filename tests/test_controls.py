@@ -69,7 +69,7 @@ def test_every_control_passes(controls_run):
     expected |= {(model, f"Art_Style rate, layer {NOT_SURFACED_LAYER}") for model in config["models"]}  # E6
     expected |= {(model, f"{prefix} gain: {task}") for model in config["models"]
                  for prefix in (TASK_PREFIX, NEUTRAL_PREFIX) for task in PREFIX_CONTROL_TASKS}  # E5
-    expected |= {(ACROSS_MODELS, f"{label}, projection vs flagged accuracy (n = 3, no interval)")
+    expected |= {(ACROSS_MODELS, f"{label} (n = 3): projection vs flagged acc.")
                  for label in CORRELATIONS.values()}  # E2
     assert set(zip(rows["model"], rows["control"])) == expected
     failing = rows[~rows["pass"].astype(bool)]
@@ -241,7 +241,7 @@ def test_e2_control_needs_a_positive_defined_correlation():
 
     following = rows({"a": 0.5, "b": 0.6, "c": 0.9})
     assert all(row["pass"] for row in following) and len(following) == 2
-    assert following[0]["control"] == "Pearson r, projection vs flagged accuracy (n = 3, no interval)"
+    assert following[0]["control"] == "Pearson r (n = 3): projection vs flagged acc."
     assert all(pd.isna(row["ci_low"]) and pd.isna(row["ci_high"]) for row in following)
     assert not any(row["pass"] for row in rows({"a": 0.9, "b": 0.6, "c": 0.5}))
     constant = rows({"a": 0.5, "b": 0.5, "c": 0.5})

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imagekv.figures.style import apply_style, panels, save
-from imagekv.labels import MODEL_LABELS, Provenance
+from imagekv.labels import ACROSS_MODELS, MODEL_LABELS, Provenance
 from imagekv.results import read_table
 
 PASS_COLORS = {True: "tab:green", False: "tab:red"}
@@ -17,7 +17,8 @@ PASS_COLORS = {True: "tab:green", False: "tab:red"}
 def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: str) -> None:
     frame = read_table(results)
     apply_style()
-    models = sorted(frame["model"].unique())
+    models = sorted(set(frame["model"]) - {ACROSS_MODELS}) + sorted({ACROSS_MODELS} & set(frame["model"]))  # the models, then E2
+    most = frame.groupby("model").size().max()
     fig, axes = panels(len(models), panel_size=(3.2, 2.6))
     for ax, model in zip(axes, models):
         rows = frame[frame["model"] == model].reset_index(drop=True)
@@ -30,7 +31,7 @@ def plot(results: str | Path, outputs: Sequence[str | Path], run: str, scale: st
             if planted is not None:
                 ax.scatter([planted], [y], marker="|", color="0.2", s=80, zorder=4)
         ax.set_yticks(range(len(rows)), [f"{e.split()[-1]}: {c}" for e, c in zip(rows["experiment"], rows["control"])])
-        ax.invert_yaxis()
+        ax.set_ylim(most - 0.5, -0.5)  # one row height in every panel, first row on top
         ax.axvline(0, color="0.6", lw=0.8)
         ax.set_title(MODEL_LABELS.get(model, model))
         ax.set_xlabel("recovered (| planted)")

@@ -176,7 +176,7 @@ def correlation_rows(record: Mapping) -> list[dict]:
     rows = []
     for statistic, label in CORRELATIONS.items():
         value = reading[statistic]
-        control = f"{label}, projection vs {condition} accuracy (n = {reading['n']}, no interval)"
+        control = f"{label} (n = {reading['n']}): projection vs {condition} acc."
         rows.append(_row("E2 correlation", ACROSS_MODELS, control, "> 0", float("nan") if value is None else value,
                          passed=value is not None and value > 0))
     return rows
