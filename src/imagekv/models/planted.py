@@ -207,6 +207,7 @@ class Plant:
         self.pixel_mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)
         self.pixel_std = torch.tensor(image_processor.image_std, dtype=torch.float32)
         self.colour_code: torch.Tensor | None = None  # E6: the code of a one-image prompt's image
+        self.token_colours: list[torch.Tensor] = []  # per image, its grid tokens' colours (E2, E5)
 
     def install(self) -> None:
         self.model.register_forward_pre_hook(self._read_prompt, with_kwargs=True)
@@ -236,6 +237,7 @@ class Plant:
         pixels = kwargs.get("pixel_values")
         one_image = len(self.runs) == 1 and pixels is not None
         self.colour_code = colour_code(pixels, self.pixel_mean, self.pixel_std) if one_image else None
+        self.token_colours = token_colours(self, kwargs) if pixels is not None and self.runs else []
         return None
 
     def _image_runs(self, positions: torch.Tensor, image_sizes) -> list[torch.Tensor]:
@@ -391,26 +393,16 @@ class QualityPlant:
     def __init__(self, plant: Plant, quality: float):
         self.plant = plant
         self.quality = quality
-        self.colours: list[torch.Tensor] = []  # per image, its grid tokens' colours
 
     def install(self) -> None:
-        self.plant.model.register_forward_pre_hook(self._read_prompt, with_kwargs=True)
         self.plant.model.get_decoder().register_forward_pre_hook(self._degrade, with_kwargs=True)
-
-    def _read_prompt(self, module, args, kwargs):
-        input_ids = kwargs.get("input_ids")
-        if input_ids is None or input_ids.shape[1] == 1:
-            return None
-        pixels = kwargs.get("pixel_values")
-        self.colours = token_colours(self.plant, kwargs) if pixels is not None and self.plant.runs else []
-        return None
 
     def _degrade(self, module, args, kwargs):
         embeds = kwargs["inputs_embeds"]
-        if embeds.shape[1] == 1 or not self.colours:
+        if embeds.shape[1] == 1 or not self.plant.token_colours:
             return None
         embeds = embeds.clone()
-        for place, (run, colours) in enumerate(zip(self.plant.runs, self.colours, strict=True)):
+        for place, (run, colours) in enumerate(zip(self.plant.runs, self.plant.token_colours, strict=True)):
             mixed = projected_tokens(colours, self.plant.embeds[run], place, self.quality)
             embeds[0, run.to(embeds.device)] = (NOISE_SPREAD * mixed).to(embeds.device, embeds.dtype)
         self.plant.received = embeds[0].detach()
@@ -554,7 +546,7 @@ class PrefixPlant:
         before = input_ids[0, : int(runs[0][0])] if runs else input_ids[0]
         self.named = named_object(self.tokenizer.decode(before))
         one_image = len(runs) == 1 and kwargs.get("pixel_values") is not None
-        self.token_colours = token_colours(self.plant, kwargs)[0] if one_image and self.named else None
+        self.token_colours = self.plant.token_colours[0] if one_image and self.named else None
         return None
 
     def _plant_direction(self, module, args, output):
