@@ -141,7 +141,8 @@ def test_batched_logistic_matches_sklearn_per_layer(seed, cache_block_bytes, gro
     1e-4 can stop ~1e-3 away from it in probability) equals ours, at our default tol, within 1e-3 on
     every layer; also when the products run over
     chunks of 37 of the 300 tokens (a ragged last chunk), and with groups of tokens (images, one
-    empty) that have their own offsets, which the preconditioner takes."""
+    empty) that have their own offsets, which the preconditioner takes (a class within an image
+    is one of its clusters)."""
     if cache_block_bytes is not None:
         monkeypatch.setattr(probe_features, "probe_device", lambda: torch.device("cpu"))
         monkeypatch.setattr(probe_features, "CACHE_BLOCK_BYTES", cache_block_bytes)
@@ -151,7 +152,18 @@ def test_batched_logistic_matches_sklearn_per_layer(seed, cache_block_bytes, gro
         generator = torch.Generator().manual_seed(seed + 10)
         offsets = torch.cat([torch.randn(4, 1, 24, generator=generator).expand(4, size, 24) for size in groups], 1)
         features = torch.nn.functional.normalize(features + 0.5 * offsets, dim=-1)
-    fit = fit_logistic(features, labels, C=1.0, groups=groups)
+    assert_matches_sklearn(features, labels, fit_logistic(features, labels, C=1.0, groups=groups))
+
+
+def test_batched_logistic_matches_sklearn_with_an_image_of_one_class():
+    """A support image without foreground: its positive cluster is empty, the preconditioner
+    leaves it out."""
+    features, labels = random_problem(4)
+    labels[200:] = 0.0
+    assert_matches_sklearn(features, labels, fit_logistic(features, labels, C=1.0, groups=[120, 80, 100]))
+
+
+def assert_matches_sklearn(features: torch.Tensor, labels: torch.Tensor, fit) -> None:
     ours = torch.sigmoid(fit.logits(features)).numpy()
     for layer in range(features.shape[0]):
         reference = LogisticRegression(C=1.0, class_weight="balanced", tol=1e-10, max_iter=10000)

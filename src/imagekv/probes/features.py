@@ -89,23 +89,25 @@ def token_rows(
 
 
 def normalized_stack(rows: Sequence[torch.Tensor], layers: slice = slice(None)) -> torch.Tensor:
-    """[layers, tokens, C] float32 on the probe device: `rows` concatenated along the tokens and
-    L2-normalised per token. Written straight into one buffer and normalised in place: on CPU every
-    fresh large tensor costs page faults comparable to several solver passes."""
+    """[layers, tokens, C] float32 on the probe device: `rows` (float32, `FeatureSource.features`)
+    concatenated along the tokens and L2-normalised per token. Each part is divided by its norms
+    straight into one buffer: on CPU every fresh large tensor costs page faults comparable to several
+    solver passes, and a copy followed by a division in place moves the data twice (~2x slower)."""
     num_layers = len(range(*layers.indices(rows[0].shape[0])))
     out = torch.empty(num_layers, sum(r.shape[1] for r in rows), rows[0].shape[-1], device=probe_device())
     start = 0
     for part in rows:
-        piece = out[:, start : start + part.shape[1]]
-        piece.copy_(part[layers])
-        piece.div_(torch.linalg.vector_norm(piece, dim=-1, keepdim=True).clamp_min_(1e-12))
+        stored = part[layers].to(out.device)
+        norms = torch.linalg.vector_norm(stored, dim=-1, keepdim=True).clamp_min_(1e-12)
+        torch.div(stored, norms, out=out[:, start : start + part.shape[1]])
         start += part.shape[1]
     return out
 
 
-# Layers per block at least: the solver's many small operations each cost ~10 us of Python and
-# dispatch whatever the block; with one 512-d layer per block that was ~20 % of the T1 solve's CPU
-# time (2 or 4 layers: the same, within the noise of a shared machine).
+# Layers per block at least: the solver's many small operations each cost ~2-10 us of Python and
+# dispatch whatever the block, and two threads solving blocks at once contend for the GIL at each;
+# on the T1 benchmark, two threads, one 512-d layer per block took ~12 % longer than two (1,024-d:
+# the same), interleaved runs on a quiet machine.
 MIN_BLOCK_LAYERS = 2
 
 
