@@ -101,7 +101,7 @@ def fit_logistic(
     tolerance = tol * float(sample_scale.sum())  # sklearn divides its objective by this sum
 
     theta = features.new_zeros(num_layers, dim + 1)  # [w, intercept of the centred problem]
-    y64, scale64 = y.double(), sample_scale.double()
+    y64, scale64 = y.double(), sample_scale.double()  # for the line search, in float64
     z = features.new_zeros(num_layers, n)  # A theta
     active = torch.ones(num_layers, dtype=torch.bool, device=features.device)
     for iteration in range(1, max_newton + 1):
