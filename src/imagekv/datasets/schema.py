@@ -7,6 +7,7 @@ Masks are numpy uint8 arrays of the original image size (H, W): for binary masks
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,9 +96,13 @@ class VideoClip:
     label_maps: tuple[np.ndarray, ...]
 
 
+OPTION_LETTERS = string.ascii_uppercase  # a multiple-choice question's option letters, in the order of its choices
+
+
 @dataclass
 class BlinkItem:
-    """A BLINK multiple-choice question. `answer` is the option letter, e.g. "(A)" -> "A"."""
+    """A BLINK multiple-choice question. `answer` is the option letter, e.g. "(A)" -> "A"
+    (OPTION_LETTERS: A for the first choice, B for the second...)."""
 
     item_id: str
     subtask: str

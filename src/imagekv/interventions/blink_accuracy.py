@@ -7,7 +7,6 @@ read of answer tables, imports neither torch nor transformers.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pandas as pd
 from imagekv.plan import SUBTASK_SUMMARIES
 from imagekv.results import read_table, stamp, write_table_rows
 
-LETTERS = string.ascii_uppercase  # option letters, in the order of a question's choices
 DEFAULT_BOOTSTRAP_RESAMPLES = 10_000
 DEFAULT_BOOTSTRAP_SEED = 0
 ACCURACY_SORT = ("model", "condition", "subtask")

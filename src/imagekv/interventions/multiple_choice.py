@@ -22,8 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from imagekv.datasets.schema import BlinkItem
-from imagekv.interventions.blink_accuracy import LETTERS
+from imagekv.datasets.schema import OPTION_LETTERS, BlinkItem
 from imagekv.interventions.blocking import block_attention
 from imagekv.models.prompts import processor_inputs, user_turn
 
@@ -55,7 +54,7 @@ class LetterScores:
 
     @property
     def letter(self) -> str:
-        return LETTERS[self.choice]
+        return OPTION_LETTERS[self.choice]
 
 
 def _check_option_count(num_options: int) -> None:
@@ -67,7 +66,7 @@ def letter_token_ids(tokenizer, num_options: int) -> list[tuple[int, ...]]:
     """For each option letter, the ids of its single-token spellings among "A" and " A"."""
     _check_option_count(num_options)
     spellings = []
-    for letter in LETTERS[:num_options]:
+    for letter in OPTION_LETTERS[:num_options]:
         ids = [tokenizer.encode(text, add_special_tokens=False) for text in (letter, f" {letter}")]
         single = tuple(dict.fromkeys(tokens[0] for tokens in ids if len(tokens) == 1))
         if not single:
@@ -88,7 +87,7 @@ def score_letters(logits: torch.Tensor, letter_ids: Sequence[Sequence[int]]) -> 
 def extract_letter(text: str, num_options: int) -> str | None:
     """The option letter a generated answer names ("B", "(B)", "B. cat", "The answer is B"), or None."""
     _check_option_count(num_options)
-    letters = LETTERS[:num_options]
+    letters = OPTION_LETTERS[:num_options]
     patterns = (
         rf"^\s*\(?([{letters}])\)?(?![A-Za-z])",  # the answer starts with the letter
         rf"answer\s*(?:is|:)?\s*\(?([{letters}])\)?(?![A-Za-z])",
@@ -108,7 +107,7 @@ def question_text(item: BlinkItem, instruction: str = DEFAULT_ANSWER_INSTRUCTION
     note before it); a prompt that already ends with `instruction` gets no second copy.
     """
     body = item.prompt or "\n".join(
-        [item.question, *(f"({LETTERS[i]}) {choice}" for i, choice in enumerate(item.choices))]
+        [item.question, *(f"({OPTION_LETTERS[i]}) {choice}" for i, choice in enumerate(item.choices))]
     )
     if not instruction or body.rstrip().endswith(instruction):
         return body

@@ -16,10 +16,9 @@ import pandas as pd
 
 from imagekv.datasets import load_dataset
 from imagekv.datasets.blink_markers import REFERENCE_LABEL, Marker, MarkerError, locate_markers
-from imagekv.datasets.schema import BlinkItem
+from imagekv.datasets.schema import OPTION_LETTERS, BlinkItem
 from imagekv.features import FeatureStore
 from imagekv.images import load_rgb
-from imagekv.interventions.blink_accuracy import LETTERS
 from imagekv.interventions.not_surfaced import (
     MARKED_SUBTASKS,
     UNLOCATED,
@@ -65,7 +64,7 @@ def item_markers(item: BlinkItem, paths: Mapping[str, Path]) -> list[Marker] | N
     if len(item.image_ids) != 2:
         raise ValueError(f"BLINK item {item.item_id}: {len(item.image_ids)} images; a {item.subtask} question has "
                          "a reference image and a candidate image")
-    labels = tuple(LETTERS[: len(item.choices)])
+    labels = tuple(OPTION_LETTERS[: len(item.choices)])
     try:
         reference = locate_markers(np.asarray(load_rgb(paths[item.image_ids[0]])), (REFERENCE_LABEL,))
         candidates = locate_markers(np.asarray(load_rgb(paths[item.image_ids[1]])), labels)
@@ -102,8 +101,8 @@ def subtask_report(store: FeatureStore, items: Sequence[BlinkItem], choices: Seq
             continue
         reference, candidates = item_embeddings(store, item, located)
         readout.append(readout_choices(layer_similarities(reference, candidates, kind)).numpy())
-    truth = [LETTERS.index(item.answer) for item in items]
-    model_choice = [LETTERS.index(choice) for choice in choices]
+    truth = [OPTION_LETTERS.index(item.answer) for item in items]
+    model_choice = [OPTION_LETTERS.index(choice) for choice in choices]
     report = not_surfaced_report(np.stack(readout), truth, model_choice, store.layers, split_seed)
     return report | {"markers_missing": unlocated}
 

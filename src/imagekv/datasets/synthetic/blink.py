@@ -30,7 +30,7 @@ from PIL import Image
 
 from imagekv.datasets.blink import PUBLISHED_SUBTASKS
 from imagekv.datasets.blink_markers import CANDIDATE_LABELS, REFERENCE_LABEL, draw_marker, marker_footprint
-from imagekv.datasets.schema import BlinkItem
+from imagekv.datasets.schema import OPTION_LETTERS, BlinkItem
 from imagekv.datasets.synthetic import SyntheticTruth
 from imagekv.datasets.synthetic.draw import (
     COLOURS,
@@ -49,7 +49,6 @@ from imagekv.datasets.synthetic.draw import (
 from imagekv.datasets.synthetic.refcoco import place_in_slots
 from imagekv.io import atomic_path
 
-LETTERS = "ABCD"
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
     [
@@ -252,13 +251,14 @@ def write(root: Path, cfg: dict, rng: np.random.Generator) -> SyntheticTruth:
         for index in range(int(cfg.get("items_per_subtask", 4))):
             question, images, choices, answer = SUBTASKS[subtask](rng, cfg)
             idx = f"{split}_{subtask}_{index + 1}"
-            options = "\n".join(f"({LETTERS[k]}) {choice}" for k, choice in enumerate(choices))
+            letter = OPTION_LETTERS[answer]
+            options = "\n".join(f"({OPTION_LETTERS[k]}) {choice}" for k, choice in enumerate(choices))
             row = {
                 "idx": idx,
                 "question": question,
                 "sub_task": subtask,
                 "choices": choices,
-                "answer": f"({LETTERS[answer]})",
+                "answer": f"({letter})",
                 "prompt": f"{question}\nSelect from the following choices.\n{options}",
                 "explanation": "",
             }
@@ -268,7 +268,7 @@ def write(root: Path, cfg: dict, rng: np.random.Generator) -> SyntheticTruth:
                 data, pixels_by_id[image_id] = jpeg(pixels)
                 row[f"image_{k}"] = {"bytes": data, "path": f"{idx}_{k}.jpg"}
             rows.append(row)
-            items.append(BlinkItem(idx, subtask, question, tuple(choices), LETTERS[answer], image_ids, row["prompt"]))
+            items.append(BlinkItem(idx, subtask, question, tuple(choices), letter, image_ids, row["prompt"]))
         with atomic_path(root / subtask / f"{split}-00000-of-00001.parquet") as tmp:
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     return SyntheticTruth(samples=items, image_ids=sorted(pixels_by_id), pixels=pixels_by_id)
