@@ -17,7 +17,7 @@ reports each metric on the validation and the test split ("miou/split=test").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -55,27 +55,37 @@ TuneFn = Callable[[Iterable[Sample], FeatureSource, dict], dict[str, list]]  # n
 HELD_OUT_SPLITS = ("validation", "test")
 
 
-def _registry() -> dict[str, tuple[ScoreFn, SummarizeFn, dict, TuneFn | None]]:
+class ProbeTask(NamedTuple):
+    """What the probe runner needs of a task: score one sample, summarize the records into rows,
+    the hyperparameters' defaults, and the tuner of the values chosen on a tuning split, if any."""
+
+    score: ScoreFn
+    summarize: SummarizeFn
+    defaults: dict
+    tune: TuneFn | None = None
+
+
+def _registry() -> dict[str, ProbeTask]:
     from imagekv.probes import coseg, correspondence, fewshot_seg, temporal, text_query_seg as text
 
     return {
-        "fewshot_seg": (fewshot_seg.score, fewshot_seg.summarize, fewshot_seg.DEFAULTS, None),
-        "coseg": (coseg.score, coseg.summarize, coseg.DEFAULTS, None),
-        "semantic_seg": (text.score, text.summarize_semantic, text.DEFAULTS, text.tune_semantic),
-        "referring_seg": (text.score, text.summarize_referring, text.DEFAULTS, text.tune_referring),
-        "semantic_corr": (correspondence.score, correspondence.summarize, correspondence.DEFAULTS, None),
-        "temporal_corr": (temporal.clip_scores, temporal.summarize, temporal.DEFAULTS, None),
+        "fewshot_seg": ProbeTask(fewshot_seg.score, fewshot_seg.summarize, fewshot_seg.DEFAULTS),
+        "coseg": ProbeTask(coseg.score, coseg.summarize, coseg.DEFAULTS),
+        "semantic_seg": ProbeTask(text.score, text.summarize_semantic, text.DEFAULTS, text.tune_semantic),
+        "referring_seg": ProbeTask(text.score, text.summarize_referring, text.DEFAULTS, text.tune_referring),
+        "semantic_corr": ProbeTask(correspondence.score, correspondence.summarize, correspondence.DEFAULTS),
+        "temporal_corr": ProbeTask(temporal.clip_scores, temporal.summarize, temporal.DEFAULTS),
     }
 
 
 def probe_defaults(task: str) -> dict:
     """Every hyperparameter of `task` with its default value."""
-    return dict(_lookup(task)[2])
+    return dict(_lookup(task).defaults)
 
 
 def resolve_params(task: str, params: dict) -> dict:
     """The task's defaults overridden by `params`; an unknown key is an error naming it."""
-    defaults = _lookup(task)[2]
+    defaults = _lookup(task).defaults
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise KeyError(f"unknown parameter(s) {unknown} for probes.{task}; known: {sorted(defaults)}")
@@ -107,9 +117,10 @@ def _run(
 ) -> tuple[list[dict], list[dict]]:
     """The rows of `run_probe` and, with `units`, of `run_probe_units`: each sample scored once, its
     record summarized in every split and unit that holds it."""
-    score, summarize, _, tune = _lookup(task)
+    probe = _lookup(task)
+    score, summarize = probe.score, probe.summarize
     params = resolve_params(task, params)
-    tuning = params.get("tune_images", 0) if tune else 0
+    tuning = params.get("tune_images", 0) if probe.tune else 0
     if not (tuning or held_out or units):
         return summarize([score(sample, features, params) for sample in samples], features.layers, params), []
     parts, tuned = _tuned(task, samples, features, params, split_seed)
@@ -135,13 +146,13 @@ def _run(
 
 def _tuned(task: str, samples: list, features: FeatureSource, params: dict, split_seed: int) -> tuple[dict, dict]:
     """The held-out splits of `samples` and the values the task's tuner chose on the tuning split."""
-    tune = _lookup(task)[3]
+    tune = _lookup(task).tune
     tuning = params.get("tune_images", 0) if tune else 0
     parts = split_samples(samples, split_seed, tuning)
     return parts, (tune(parts["tune"], features, params) if tuning else {})
 
 
-def _lookup(task: str) -> tuple[ScoreFn, SummarizeFn, dict, TuneFn | None]:
+def _lookup(task: str) -> ProbeTask:
     registry = _registry()
     if task not in registry:
         raise KeyError(f"unknown probe task {task!r}; known: {sorted(registry)}")
