@@ -157,7 +157,8 @@ class _Design:
             group_start += group_size
         self.dim = dim
         self.penalised = torch.cat([features.new_ones(dim), features.new_zeros(1)])  # 1 on w, 0 on the intercept
-        self.mean = sums.sum(1) / n  # [L, d]
+        self.positive_sum, self.total_sum = positive_sums.sum(1), sums.sum(1)  # [L, d]
+        self.mean = self.total_sum / n
         # Clusters: the negative and the positive tokens of each group, the non-empty ones
         membership = torch.block_diag(*[torch.stack([1.0 - part, part], 1) for part in y.split(list(sizes))])  # [n, 2K]
         cluster_sums = torch.stack([sums - positive_sums, positive_sums], 2).flatten(1, 2)  # [L, 2K, d]
@@ -173,7 +174,6 @@ class _Design:
         # diagonal of the preconditioner, [L, d]; the subtraction can round below zero.
         between = (counts[None, :, None] * cluster_means.square()).sum(1)
         self.within_sq = (squares.squeeze(1) - between).clamp_min(0.0)
-        self.positive_sum, self.total_sum = positive_sums.sum(1), sums.sum(1)  # [L, d]
         self.positive_count = float(y.sum())
         self._chunk = chunk_tokens(n, num_layers * dim * features.element_size())
 
